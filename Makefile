@@ -1,0 +1,36 @@
+# fedkey: `make demo` and `make test` work on a fresh machine; both install into .venv first.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+RUN_DIR ?= runs/demo
+
+.PHONY: install demo test test-python test-kotlin lint clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; pip's cache keeps a re-install quick.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip==26.3
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	.venv/bin/fedkey demo --out $(RUN_DIR)
+
+test: install test-python test-kotlin
+
+test-python: install
+	$(PY) -m pytest -q
+
+# The Kotlin core is tested on the JVM with ONNX Runtime Java (android_client/core, Maven).
+test-kotlin:
+	@if [ -f android_client/core/pom.xml ]; then \
+		mvn -q -B -f android_client/core/pom.xml test; \
+	else echo "android_client/core has no Maven build yet: no Kotlin tests to run"; fi
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+clean:
+	rm -rf .venv runs .pytest_cache
