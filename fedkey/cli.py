@@ -1,0 +1,15 @@
+"""The `fedkey` command line: one Typer app; each area registers its commands here."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="fedkey",
+    help="Federated next-word prediction for mobile keyboards.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Areas register their sub-apps / commands below (one line each).
