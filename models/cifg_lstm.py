@@ -104,15 +104,21 @@ def output_logits(params: dict[str, Tensor], h: Tensor) -> Tensor:
     return h @ params["embedding"].t() + params["out_bias"]
 
 
-def masked_nll(params: dict[str, Tensor], h: Tensor, targets: Tensor, mask: Tensor, chunk: int = 256) -> Tensor:
+def masked_nll(params: dict[str, Tensor], h: Tensor, targets: Tensor, mask: Tensor,
+               chunk: int | None = 256) -> Tensor:
     """Sum of negative log-likelihoods of targets under the tied softmax, over positions where mask = 1.
 
     The [N, V] logits are built `chunk` rows at a time so they stay in cache: on CPU the vocabulary
     softmax dominates training and this was 1.6x faster with identical gradients (field notes).
+    `chunk=None` computes all rows at once: the form for graphs traced with a symbolic batch size,
+    where the number of chunks would depend on the batch.
     """
     flat_h = h.reshape(-1, h.shape[-1])
     flat_t = targets.reshape(-1)
     flat_m = mask.reshape(-1).to(flat_h.dtype)
+    if chunk is None:
+        logp = torch.log_softmax(output_logits(params, flat_h), dim=-1)
+        return (-(logp.gather(1, flat_t.unsqueeze(1)).squeeze(1)) * flat_m).sum()
     total = flat_h.new_zeros(())
     for hs, ts, ms in zip(
         torch.split(flat_h, chunk), torch.split(flat_t, chunk), torch.split(flat_m, chunk), strict=True
