@@ -165,12 +165,12 @@ class AvailabilityConfig(BaseModel):
         description="Each phone's own peak hour is shifted uniformly within +/- this many hours "
         "(people go to bed at different times).",
     )
-    slot_minutes: float = Field(
-        15.0,
+    session_minutes: float = Field(
+        30.0,
         gt=0,
         le=1440,
-        description="A phone's eligibility is redrawn every slot of this many minutes of UTC time and "
-        "is constant within a slot.",
+        description="A phone's eligibility holds for sessions of this many minutes and is redrawn at "
+        "the next session; session boundaries are staggered per phone (assumption).",
     )
 
     @model_validator(mode="after")

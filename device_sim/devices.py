@@ -33,6 +33,7 @@ _GAMMA = 0x9E3779B97F4A7C15
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GAMMA_U64 = np.uint64(_GAMMA)
+_COUNTER_GAMMA = np.uint64(0xD1B54A32D192ED03)
 
 IdArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -67,15 +68,20 @@ def stream_key(seed: int, stream: str, counter: int = 0) -> int:
     return _mix_int(key + (counter + 1) * 0xD1B54A32D192ED03)
 
 
-def hashed_uniform(key: int, ids: npt.ArrayLike) -> FloatArray:
+def hashed_uniform(key: int, ids: npt.ArrayLike, counters: npt.ArrayLike | None = None) -> FloatArray:
     """One uniform in [0, 1) per id for a stream ``key``: a pure function of (key, id), vectorised.
 
-    This is SplitMix64's output at position ``id`` of the sequence started at ``key``.
+    This is SplitMix64's output at position ``id`` of the sequence started at ``key``. With
+    ``counters`` (one integer per id, e.g. a phone's own time slot) the value is a pure function of
+    (key, id, counter), mixed a second time.
     """
     x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
     x *= _GAMMA_U64
     x += np.uint64(key)
     _mix(x)
+    if counters is not None:
+        x += np.asarray(counters, dtype=np.int64).astype(np.uint64) * _COUNTER_GAMMA
+        _mix(x)
     x >>= np.uint64(11)
     return x.astype(np.float64) * (1.0 / (1 << 53))
 

@@ -52,14 +52,28 @@ def test_time_zone_shifts_the_curve():
     assert abs(grid[int(np.argmax(fractions))] - (24 + 2.0 - 5.5)) <= 1.0
 
 
-def test_deterministic_by_seed_constant_within_a_slot_redrawn_across_slots():
+def test_deterministic_by_seed():
     ids = np.arange(10_000)
     a, b, other = model(seed=1), model(seed=1), model(seed=2)
-    t = 2 * HOUR
-    assert np.array_equal(a.is_eligible(ids, t), b.is_eligible(ids, t))
-    assert not np.array_equal(a.is_eligible(ids, t), other.is_eligible(ids, t))
-    assert np.array_equal(a.is_eligible(ids, t), a.is_eligible(ids, t + 14 * 60))  # same 15-minute slot
-    assert not np.array_equal(a.is_eligible(ids, t), a.is_eligible(ids, t + 15 * 60))
+    assert np.array_equal(a.is_eligible(ids, 7200.0), b.is_eligible(ids, 7200.0))
+    assert not np.array_equal(a.is_eligible(ids, 7200.0), other.is_eligible(ids, 7200.0))
+
+
+def test_sessions_hold_for_their_length_and_are_staggered_across_phones():
+    m = model(seed=3)
+    session_s = m.config.session_minutes * 60
+    ids = np.arange(2_000)
+    minutes = np.arange(0, 24 * 60, 1.0)
+    states = np.array([m.is_eligible(ids, t * 60) for t in minutes])  # (time, phone)
+    changes = states[1:] != states[:-1]
+    for phone in range(0, 2_000, 97):  # a phone changes state only at its session boundaries
+        flips = np.flatnonzero(changes[:, phone])
+        assert np.all(np.diff(flips) >= session_s / 60 - 1)
+    # the fleet does not switch all at once: about 1/session of the phones reach a boundary each
+    # minute, and of those only the ones whose draw differs change state
+    per_minute = changes.mean(axis=1)
+    assert per_minute.max() < 3 / m.config.session_minutes
+    assert per_minute.mean() > 0
 
 
 def test_population_mask_matches_per_phone_queries():
