@@ -49,6 +49,8 @@ class Population:
     ) -> None:
         if n_real_users < 1:
             raise ValueError(f"n_real_users must be >= 1, got {n_real_users}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         size = n_real_users if size is None else size
         if size < 1:
             raise ValueError(f"population size must be >= 1, got {size}")

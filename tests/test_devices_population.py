@@ -46,6 +46,8 @@ def test_ids_outside_the_population_are_refused():
         pop.profiles([5, 1000])
     with pytest.raises(ValueError, match="n_real_users"):
         Population(10, 0, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        Population(10, 5, seed=-1)
 
 
 def test_from_config_and_determinism_by_seed():
