@@ -93,11 +93,30 @@ def hashed_normal(key: int, ids: npt.ArrayLike) -> FloatArray:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def _categorical(u: FloatArray, weights: list[float]) -> npt.NDArray[np.intp]:
-    """Index of the category each uniform falls into, categories weighted by ``weights``."""
-    cdf = np.cumsum(weights, dtype=np.float64)
-    cdf /= cdf[-1]
-    return np.minimum(np.searchsorted(cdf, u, side="right"), len(weights) - 1)
+class Categorical:
+    """Maps uniforms in [0, 1) to category indices with given weights, exactly and fast.
+
+    ``np.searchsorted`` on unsorted keys is slow (a branchy binary search per key); here a table of
+    2**12 buckets gives each uniform the category at its bucket's start, and a few vectorised steps
+    move the uniforms whose bucket straddles a category boundary to the right category.
+    """
+
+    _BUCKETS = 1 << 12
+
+    def __init__(self, weights: list[float]) -> None:
+        cdf = np.cumsum(weights, dtype=np.float64)
+        cdf /= cdf[-1]
+        self._upper = np.append(cdf[:-1], np.inf)  # category i holds u in [upper[i-1], upper[i])
+        starts = np.arange(self._BUCKETS, dtype=np.float64) / self._BUCKETS
+        self._table = np.searchsorted(self._upper, starts, side="right").astype(np.intp)
+
+    def __call__(self, u: FloatArray) -> npt.NDArray[np.intp]:
+        idx = self._table[(u * self._BUCKETS).astype(np.intp)]
+        while True:
+            step = u >= self._upper[idx]
+            if not step.any():
+                return idx
+            idx += step
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,7 @@ class DeviceModel:
         std = NormalDist()
         self._memory_thresholds = np.array([std.inv_cdf(min(max(c, 1e-12), 1 - 1e-12)) for c in cdf[:-1]])
         self._offsets = np.asarray(config.utc_offsets_h, dtype=np.float64)
+        self._offset_category = Categorical(config.utc_offset_weights)
 
     def _key(self, stream: str) -> int:
         return stream_key(self.seed, stream)
@@ -168,7 +188,7 @@ class DeviceModel:
     def utc_offset_h(self, ids: npt.ArrayLike) -> FloatArray:
         """Time zone of each phone as hours east of UTC."""
         u = hashed_uniform(self._key("timezone"), ids)
-        return self._offsets[_categorical(u, self.config.utc_offset_weights)]
+        return self._offsets[self._offset_category(u)]
 
     def profiles(self, ids: npt.ArrayLike) -> DeviceProfiles:
         """All attributes of the given phones; memory and time grow with ``len(ids)`` only."""

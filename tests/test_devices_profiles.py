@@ -2,7 +2,7 @@
 
 import numpy as np
 from fedkey.device_sim.config import DeviceConfig
-from fedkey.device_sim.devices import DeviceModel, hashed_normal, hashed_uniform, stream_key
+from fedkey.device_sim.devices import Categorical, DeviceModel, hashed_normal, hashed_uniform, stream_key
 
 N = 100_000
 IDS = np.arange(N)
@@ -76,3 +76,15 @@ def test_categorical_attributes_follow_their_weights():
 def test_single_time_zone():
     cfg = DeviceConfig(utc_offsets_h=[-5.0], utc_offset_weights=[1.0])
     assert np.all(DeviceModel(cfg, seed=0).utc_offset_h(IDS[:100]) == -5.0)
+
+
+def test_categorical_is_exact_at_boundaries_and_with_tiny_weights():
+    weights = [0.3, 1e-7, 2e-7, 0.0, 0.7 - 3e-7]
+    cat = Categorical(weights)
+    cdf = np.cumsum(weights) / sum(weights)
+    u = np.concatenate(
+        [hashed_uniform(stream_key(0, "cat"), IDS), cdf[:-1], np.nextafter(cdf[:-1], 0), [0.0]]
+    )
+    expected = np.minimum(np.searchsorted(cdf, u, side="right"), len(weights) - 1)
+    assert np.array_equal(cat(u), expected)
+    assert not np.any(cat(u) == 3)  # a zero weight is never drawn
