@@ -13,3 +13,5 @@ app = typer.Typer(
 )
 
 # Areas register their sub-apps / commands below (one line each).
+from fedkey.cli_export import export_command  # noqa: E402, I001
+app.command("export")(export_command)

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig
 from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 FORMAT = "fedkey-bundle"
 FORMAT_VERSION = 1
@@ -227,7 +226,7 @@ def load_bundle(root: str | Path, expected_model_version: int | None = None) -> 
         )
     expected_layout = param_layout(manifest.to_model_config())
     if manifest.parameters != expected_layout:
-        raise BundleError(f"{manifest_path}: parameter layout does not match the model shape {manifest.model}")
+        raise BundleError(f"{manifest_path}: parameter layout does not match model shape {manifest.model}")
     required = {WEIGHTS_FILE, TOKENIZER_FILE, *GRAPH_FILES.values()}
     missing = required - set(manifest.files)
     if missing:

@@ -17,11 +17,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
-from torch import Tensor, nn
-
 from fedkey.models.cifg_lstm import PARAM_NAMES, cell_step, output_logits
 from fedkey.models.onnx_train import OPSET, strip_metadata
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from torch import Tensor, nn
 
 PREDICT_INPUTS = ("token", "h", "c")
 PREDICT_OUTPUTS = ("logits", "h_out", "c_out")

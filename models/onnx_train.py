@@ -19,11 +19,10 @@ from pathlib import Path
 
 import onnx
 import torch
+from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig, hidden_states, masked_nll
 from onnx import TensorProto, helper
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import make_fx
-
-from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig, hidden_states, masked_nll
 
 OPSET = 18
 NORM_EPS = 1e-12  # keeps clip / norm finite when a gradient or delta is exactly zero
@@ -100,7 +99,7 @@ def build_train_step(config: ModelConfig, seq_len: int) -> onnx.ModelProto:
     traced = make_fx(step, tracing_mode="symbolic")(*example)
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
-        traced, example, dynamo=True, opset_version=OPSET, verbose=False,
+        traced.eval(), example, dynamo=True, opset_version=OPSET, verbose=False,
         input_names=["weights", "tokens", "targets", "mask", "lr", "clip"],
         output_names=["new_weights", "loss"],
         dynamic_shapes=(None, {0: batch}, {0: batch}, {0: batch}, None, None),
