@@ -71,7 +71,8 @@ def test_bad_inputs_are_refused(bundle) -> None:
     with pytest.raises(LocalUpdateError, match="weights"):
         run(bundle.weights[:-1], batches, steps=1, lr=0.1, grad_clip=1.0, delta_clip=1.0)
     with pytest.raises(LocalUpdateError, match="sequence length"):
-        short = Batches(*(np.ascontiguousarray(a[..., :4]) for a in (batches.tokens, batches.targets, batches.mask)))
+        arrays = (batches.tokens, batches.targets, batches.mask)
+        short = Batches(*(np.ascontiguousarray(a[..., :4]) for a in arrays))
         run(bundle.weights, short, steps=1, lr=0.1, grad_clip=1.0, delta_clip=1.0)
     with pytest.raises(LocalUpdateError, match="int64"):
         Batches(batches.tokens.astype(np.int32), batches.targets, batches.mask)
