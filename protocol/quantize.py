@@ -1,0 +1,97 @@
+"""Unbiased stochastic b-bit quantization with a per-chunk range, and bit packing (wire format v1 §6).
+
+A row of m values is cut into chunks of `chunk` values (the last may be shorter). For each chunk:
+
+    lo  = the largest float32 <= min(chunk)                        (rounded down: lo ≤ every value)
+    s   = the smallest float32 >= (max(chunk) − lo) / L, L = 2^b − 1   (rounded up: lo + L·s ≥ max)
+    t_i = (x_i − lo) / s                   (binary64; t_i = 0 when s == 0)
+    q_i = min(L, floor(t_i + u_i)),  u_i uniform in [0, 1) from the rounding stream
+
+and the decoder returns lo + q_i·s (binary64). E[q_i] = t_i, so the decoded value is an unbiased
+estimate of x_i, with error |x̂_i − x_i| < s. Codes are packed LSB-first: value j occupies bits
+(j·b mod 8) … of byte floor(j·b / 8); with b ∈ {1, 2, 4, 8} no code straddles a byte.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from fedkey.protocol.prng import STREAM_ROUNDING, derive, stream, to_uniform
+
+ALLOWED_BITS = (1, 2, 4, 8)
+
+
+def num_chunks(m: int, chunk: int) -> int:
+    return -(-m // chunk)
+
+
+def _round_f32(x: np.ndarray, direction: int) -> np.ndarray:
+    """float64 → float32, rounding down (direction −1) or up (+1) instead of to nearest."""
+    f = x.astype(np.float32)
+    wrong = f.astype(np.float64) > x if direction < 0 else f.astype(np.float64) < x
+    toward = np.float32(-np.inf) if direction < 0 else np.float32(np.inf)
+    return np.where(wrong, np.nextafter(f, toward), f)
+
+
+def chunk_ranges(x: np.ndarray, chunk: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-chunk (lo, scale) as float32 arrays [n, n_chunks] for float64 rows x [n, m]."""
+    n, m = x.shape
+    k = num_chunks(m, chunk)
+    pad = k * chunk - m
+    lo64 = np.empty((n, k))
+    hi64 = np.empty((n, k))
+    full = (m // chunk) * chunk
+    if full:
+        blocks = x[:, :full].reshape(n, m // chunk, chunk)
+        lo64[:, : m // chunk] = blocks.min(axis=2)
+        hi64[:, : m // chunk] = blocks.max(axis=2)
+    if pad:
+        tail = x[:, full:]
+        lo64[:, -1] = tail.min(axis=1)
+        hi64[:, -1] = tail.max(axis=1)
+    lo = _round_f32(lo64, -1)
+    levels = (1 << bits) - 1
+    scale = _round_f32((hi64 - lo.astype(np.float64)) / levels, +1)
+    return lo, scale
+
+
+def quantize(x: np.ndarray, private_seeds: np.ndarray, bits: int, chunk: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantize float64 rows [n, m]; returns (codes uint8 [n, m], lo f32 [n, k], scale f32 [n, k])."""
+    n, m = x.shape
+    lo, scale = chunk_ranges(x, chunk, bits)
+    idx = np.arange(m) // chunk
+    lo_e = lo.astype(np.float64)[:, idx]
+    s_e = scale.astype(np.float64)[:, idx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(s_e > 0, (x - lo_e) / s_e, 0.0)
+    u = to_uniform(stream(derive(private_seeds, STREAM_ROUNDING), 0, m))
+    q = np.floor(t + u)
+    np.clip(q, 0, (1 << bits) - 1, out=q)
+    return q.astype(np.uint8), lo, scale
+
+
+def dequantize(codes: np.ndarray, lo: np.ndarray, scale: np.ndarray, chunk: int) -> np.ndarray:
+    """lo + q·s per chunk, binary64 [n, m]."""
+    idx = np.arange(codes.shape[1]) // chunk
+    return lo.astype(np.float64)[:, idx] + codes.astype(np.float64) * scale.astype(np.float64)[:, idx]
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack codes [n, m] (values < 2^bits) LSB-first into bytes [n, ceil(m·bits/8)]."""
+    n, m = codes.shape
+    per = 8 // bits
+    padded = np.zeros((n, -(-m // per) * per), dtype=np.uint8)
+    padded[:, :m] = codes
+    grouped = padded.reshape(n, -1, per).astype(np.uint8)
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    return np.bitwise_or.reduce(grouped << shifts, axis=2).astype(np.uint8)
+
+
+def unpack(packed: np.ndarray, bits: int, m: int) -> np.ndarray:
+    """Inverse of `pack`: bytes [n, nbytes] → codes uint8 [n, m]."""
+    n = packed.shape[0]
+    per = 8 // bits
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    mask = np.uint8((1 << bits) - 1)
+    codes = (packed[:, :, None] >> shifts) & mask
+    return codes.reshape(n, -1)[:, :m]
