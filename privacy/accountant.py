@@ -62,7 +62,9 @@ class RoundSpec:
         elif self.sampling == "fixed":
             m, n = self.cohort_size, self.population
             if m is None or n is None or not (0 < m <= n):
-                raise PrivacyConfigError(f"fixed-size sampling needs 0 < cohort_size <= population, got {m}, {n}")
+                raise PrivacyConfigError(
+                    f"fixed-size sampling needs 0 < cohort_size <= population, got {m}, {n}"
+                )
         else:
             raise PrivacyConfigError(f"sampling must be 'poisson' or 'fixed', got {self.sampling!r}")
 
@@ -108,7 +110,9 @@ def epsilon_of(rounds: list[tuple[RoundSpec, int]], delta: float, kind: Accounta
         return 0.0
     samplings = {spec.sampling for spec, _ in rounds}
     if len(samplings) > 1:
-        raise PrivacyConfigError("one run cannot mix Poisson and fixed-size rounds (different neighbouring relations)")
+        raise PrivacyConfigError(
+            "one run cannot mix Poisson and fixed-size rounds (different neighbouring relations)"
+        )
     acc = make_accountant(kind, samplings.pop())
     for spec, count in rounds:
         acc.compose(spec.event(), count)
@@ -208,9 +212,15 @@ class CentralDpAccountant:
         return acc
 
 
-def rounds_allowed(spec: RoundSpec, target_epsilon: float, delta: float, kind: AccountantKind = "pld",
-                   max_rounds: int = 10_000_000) -> int:
+def rounds_allowed(
+    spec: RoundSpec,
+    target_epsilon: float,
+    delta: float,
+    kind: AccountantKind = "pld",
+    max_rounds: int = 10_000_000,
+) -> int:
     """Largest number of identical rounds whose ε(δ) stays within `target_epsilon` (0 if none)."""
+
     def ok(n: int) -> bool:
         return epsilon_of([(spec, n)], delta, kind) <= target_epsilon
 
@@ -229,9 +239,16 @@ def rounds_allowed(spec: RoundSpec, target_epsilon: float, delta: float, kind: A
     return lo
 
 
-def noise_multiplier_for(target_epsilon: float, delta: float, rounds: int, sampling: SamplingKind,
-                         sampling_rate: float | None = None, cohort_size: int | None = None,
-                         population: int | None = None, kind: AccountantKind = "pld") -> float:
+def noise_multiplier_for(
+    target_epsilon: float,
+    delta: float,
+    rounds: int,
+    sampling: SamplingKind,
+    sampling_rate: float | None = None,
+    cohort_size: int | None = None,
+    population: int | None = None,
+    kind: AccountantKind = "pld",
+) -> float:
     """Smallest noise multiplier z such that `rounds` rounds stay within (target_epsilon, δ).
 
     Uses dp-accounting's `calibrate_dp_mechanism` (Brent search on fresh accountants).
@@ -246,8 +263,12 @@ def noise_multiplier_for(target_epsilon: float, delta: float, rounds: int, sampl
 
     RoundSpec(1.0, sampling, sampling_rate, cohort_size, population)  # validates the sampling fields
     lowest = MIN_SEARCHED_NOISE_MULTIPLIER[kind]
-    if epsilon_of([(RoundSpec(lowest, sampling, sampling_rate, cohort_size, population), rounds)],
-                  delta, kind) <= target_epsilon:
+    if (
+        epsilon_of(
+            [(RoundSpec(lowest, sampling, sampling_rate, cohort_size, population), rounds)], delta, kind
+        )
+        <= target_epsilon
+    ):
         return lowest
     z = dp_accounting.calibrate_dp_mechanism(
         lambda: make_accountant(kind, sampling),
@@ -259,8 +280,10 @@ def noise_multiplier_for(target_epsilon: float, delta: float, rounds: int, sampl
     )
     z = float(z)
     # calibrate returns a value within tol of the optimum: make sure the answer meets the target.
-    while epsilon_of([(RoundSpec(z, sampling, sampling_rate, cohort_size, population), rounds)],
-                     delta, kind) > target_epsilon:
+    while (
+        epsilon_of([(RoundSpec(z, sampling, sampling_rate, cohort_size, population), rounds)], delta, kind)
+        > target_epsilon
+    ):
         z *= 1.0 + 1e-4
     return z
 

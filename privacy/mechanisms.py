@@ -69,8 +69,9 @@ def add_laplace_noise(x: np.ndarray, scale: float, keys: np.ndarray) -> np.ndarr
     return out
 
 
-def central_noised_sum(updates: np.ndarray, clip_norm: float, noise_multiplier: float,
-                       rng: np.random.Generator) -> np.ndarray:
+def central_noised_sum(
+    updates: np.ndarray, clip_norm: float, noise_multiplier: float, rng: np.random.Generator
+) -> np.ndarray:
     """Server half of central DP-FedAvg: clip each decoded update to C, sum, add N(0, (zC)²).
 
     Clipping again on the server makes the sensitivity exactly C whatever compression did to the norm
@@ -85,13 +86,13 @@ def central_noised_sum(updates: np.ndarray, clip_norm: float, noise_multiplier: 
 
 def adaptive_delta_noise_multiplier(noise_multiplier: float, count_noise_multiplier: float) -> float:
     """Noise multiplier for the delta sum so (delta sum, clip-bit count) together cost `noise_multiplier`."""
-    rest = noise_multiplier ** -2 - (2.0 * count_noise_multiplier) ** -2
+    rest = noise_multiplier**-2 - (2.0 * count_noise_multiplier) ** -2
     if rest <= 0:
         raise PrivacyConfigError(
             f"count_noise_multiplier={count_noise_multiplier} is too small for noise_multiplier="
             f"{noise_multiplier}: it must exceed noise_multiplier/2"
         )
-    return rest ** -0.5
+    return rest**-0.5
 
 
 @dataclass
@@ -114,8 +115,13 @@ class AdaptiveClipState:
         bits = np.asarray(within_clip, dtype=np.float64)
         if bits.size == 0:
             return self.clip_norm
-        noisy_count = bits.sum() + rng.normal(0.0, self.count_noise_multiplier) \
-            if self.count_noise_multiplier > 0 else bits.sum()
+        noisy_count = (
+            bits.sum() + rng.normal(0.0, self.count_noise_multiplier)
+            if self.count_noise_multiplier > 0
+            else bits.sum()
+        )
         fraction = noisy_count / bits.size
-        self.clip_norm = float(self.clip_norm * math.exp(-self.learning_rate * (fraction - self.target_quantile)))
+        self.clip_norm = float(
+            self.clip_norm * math.exp(-self.learning_rate * (fraction - self.target_quantile))
+        )
         return self.clip_norm

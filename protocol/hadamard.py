@@ -44,7 +44,7 @@ def signs(shared_seeds: np.ndarray, length: int) -> np.ndarray:
 
 
 def rotate(x: np.ndarray, shared_seeds: np.ndarray, block: int) -> np.ndarray:
-    """Pad rows of x [n, m] to a multiple of `block`, flip signs, block-Hadamard; returns float64 [n, m_pad]."""
+    """Pad rows of x [n, m] to a multiple of `block`, flip signs, block-Hadamard; float64 [n, m_pad]."""
     n, m = x.shape
     padded = np.zeros((n, padded_length(m, block)), dtype=np.float64)
     padded[:, :m] = x

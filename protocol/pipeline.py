@@ -90,8 +90,12 @@ class DecodedUpdate:
         noise = self.local_dp
         if noise is None:
             return None
-        return {"phone_id": self.header.phone_id, "round": self.header.round,
-                "mechanism": noise["mechanism"], "noise_multiplier": noise["noise_multiplier"]}
+        return {
+            "phone_id": self.header.phone_id,
+            "round": self.header.round,
+            "mechanism": noise["mechanism"],
+            "noise_multiplier": noise["noise_multiplier"],
+        }
 
 
 @dataclass
@@ -111,7 +115,9 @@ class UpdatePipeline:
     """A validated stage list bound to a model layout; `encode` runs the phone halves."""
 
     def __init__(self, config: PipelineConfig | Sequence[StageSpec | dict[str, Any]], layout: Layout) -> None:
-        self.config = config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(list(config))
+        self.config = (
+            config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(list(config))
+        )
         self.dim = layout_size(layout)
         self.layout = layout
         clip = self.config.clip()
@@ -233,8 +239,9 @@ class UpdatePipeline:
         return batch.ef_reference - view.values
 
     @staticmethod
-    def _seeds(seed: int | None, shared: Any, private: Any, ids: np.ndarray, round: int, n: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _seeds(
+        seed: int | None, shared: Any, private: Any, ids: np.ndarray, round: int, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         if seed is not None:
             if shared is not None or private is not None:
                 raise PipelineInputError("give either seed or shared_seeds/private_seeds, not both")
@@ -256,7 +263,9 @@ def _u64_array(values: Any, n: int, name: str) -> np.ndarray:
     return np.array(ints, dtype=np.uint64)
 
 
-def _finish(header: UpdateHeader, stages: list[Stage], batch: Batch) -> tuple[np.ndarray, list[DecodedUpdate]]:
+def _finish(
+    header: UpdateHeader, stages: list[Stage], batch: Batch
+) -> tuple[np.ndarray, list[DecodedUpdate]]:
     for stage in reversed(stages):
         stage.server(batch)
     assert batch.values is not None

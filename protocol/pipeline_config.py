@@ -134,8 +134,14 @@ class QuantizeStage(_Stage):
 
 
 StageSpec = Annotated[
-    ClipStage | GaussianNoiseStage | LaplaceNoiseStage | RandomKStage | TopKStage | ErrorFeedbackStage
-    | RotateStage | QuantizeStage,
+    ClipStage
+    | GaussianNoiseStage
+    | LaplaceNoiseStage
+    | RandomKStage
+    | TopKStage
+    | ErrorFeedbackStage
+    | RotateStage
+    | QuantizeStage,
     Field(discriminator="kind"),
 ]
 
@@ -170,24 +176,34 @@ def check_stage_order(kinds: list[str], adaptive_clip: bool = False) -> None:
     if "rotate" in pos and sparsifier is not None and pos["rotate"] < sparsifier:
         raise ValueError("rotate must come after the sparsifier (it rotates the kept values)")
     if "error_feedback" in pos:
-        later = [k for k in ("random_k", "top_k", "rotate", "quantize") if k in pos and pos[k] < pos["error_feedback"]]
+        later = [
+            k
+            for k in ("random_k", "top_k", "rotate", "quantize")
+            if k in pos and pos[k] < pos["error_feedback"]
+        ]
         if later:
-            raise ValueError(f"error_feedback must come before {later[0]} (it must see what compression drops)")
+            raise ValueError(
+                f"error_feedback must come before {later[0]} (it must see what compression drops)"
+            )
     noise = next((pos[k] for k in NOISE_KINDS if k in pos), None)
     if noise is None:
         return
     if "clip" not in pos:
-        raise ValueError("local DP noise needs a clip stage before it: without a bound on the norm "
-                         "there is no sensitivity to calibrate the noise to")
+        raise ValueError(
+            "local DP noise needs a clip stage before it: without a bound on the norm "
+            "there is no sensitivity to calibrate the noise to"
+        )
     if adaptive_clip:
-        raise ValueError("DP safety rule: adaptive clipping sends the bit [norm <= C] of the un-noised delta, "
-                         "so it cannot be combined with local DP; use a fixed clip norm")
+        raise ValueError(
+            "DP safety rule: adaptive clipping sends the bit [norm <= C] of the un-noised delta, "
+            "so it cannot be combined with local DP; use a fixed clip norm"
+        )
     for kind in kinds[:noise]:
         if kind not in SAFE_BEFORE_NOISE:
             raise ValueError(
                 f"DP safety rule: {kind!r} before the local DP noise stage would leak the un-noised delta "
-                f"({_WHY_UNSAFE.get(kind, 'it is data-dependent')}); move it after the noise stage, where it is "
-                "post-processing, or use random_k, whose mask depends only on the seed"
+                f"({_WHY_UNSAFE.get(kind, 'it is data-dependent')}); move it after the noise stage, "
+                "where it is post-processing, or use random_k, whose mask depends only on the seed"
             )
 
 

@@ -58,7 +58,7 @@ def stream(keys: np.ndarray, start: int, count: int) -> np.ndarray:
 
 def to_uniform(r: np.ndarray) -> np.ndarray:
     """uint64 → float64 uniform in [0, 1): (r >>> 11) · 2⁻⁵³."""
-    return (r >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+    return (r >> np.uint64(11)).astype(np.float64) * (2.0**-53)
 
 
 def to_sign(r: np.ndarray) -> np.ndarray:
@@ -79,6 +79,11 @@ def to_bounded(r: np.ndarray, bound: int) -> np.ndarray:
 
 def simulation_seeds(run_seed: int, phone_ids: np.ndarray, round: int) -> tuple[np.ndarray, np.ndarray]:
     """(shared, private) seeds of simulated phones: derive(derive(derive(run_seed, phone), round), 5|6)."""
-    base = derive(derive(np.full(len(phone_ids), run_seed & MASK64, dtype=np.uint64),
-                         np.asarray(phone_ids, dtype=np.uint64)), np.uint64(round & MASK64))
+    base = derive(
+        derive(
+            np.full(len(phone_ids), run_seed & MASK64, dtype=np.uint64),
+            np.asarray(phone_ids, dtype=np.uint64),
+        ),
+        np.uint64(round & MASK64),
+    )
     return derive(base, STREAM_SHARED), derive(base, STREAM_PRIVATE)

@@ -54,10 +54,11 @@ def chunk_ranges(x: np.ndarray, chunk: int, bits: int) -> tuple[np.ndarray, np.n
     return lo, scale
 
 
-def quantize(x: np.ndarray, private_seeds: np.ndarray, bits: int, chunk: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize(
+    x: np.ndarray, private_seeds: np.ndarray, bits: int, chunk: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantize float64 rows [n, m]; returns (codes uint8 [n, m], lo f32 [n, k], scale f32 [n, k])."""
-    n, m = x.shape
+    m = x.shape[1]
     lo, scale = chunk_ranges(x, chunk, bits)
     idx = np.arange(m) // chunk
     lo_e = lo.astype(np.float64)[:, idx]

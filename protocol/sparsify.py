@@ -44,7 +44,9 @@ def random_k_masks(shared_seeds: np.ndarray, dim: int, k: int) -> np.ndarray:
     return out
 
 
-def _random_k_sequential(key: np.uint64, dim: int, k: int, start: int, seen_in_order: list[int]) -> np.ndarray:
+def _random_k_sequential(
+    key: np.uint64, dim: int, k: int, start: int, seen_in_order: list[int]
+) -> np.ndarray:
     """Continue drawing stream outputs start, start+1, … until k distinct indices (rare slow path)."""
     seen = set(seen_in_order)
     j = start
@@ -100,7 +102,9 @@ def decode_gaps(blob: bytes | np.ndarray, count: int, dim: int) -> np.ndarray:
     data = np.frombuffer(blob, dtype=np.uint8) if isinstance(blob, bytes | bytearray | memoryview) else blob
     ends = np.flatnonzero(data < 0x80)
     if ends.size != count or (count and ends[-1] != data.size - 1) or (count == 0 and data.size):
-        raise ValueError(f"index section holds {ends.size} complete varints in {data.size} bytes, expected {count}")
+        raise ValueError(
+            f"index section holds {ends.size} complete varints in {data.size} bytes, expected {count}"
+        )
     starts = np.concatenate(([0], ends[:-1] + 1)) if count else ends
     lengths = ends - starts + 1
     if lengths.size and lengths.max() > 5:

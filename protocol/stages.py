@@ -49,9 +49,15 @@ class Batch:
     def copy_payload(self) -> Batch:
         """A copy holding only what the wire carries (for the device's own decode in error feedback)."""
         return Batch(
-            self.dim, self.shared_seeds, np.zeros_like(self.private_seeds),
-            None if self.values is None else self.values.copy(), self.indices, self.codes, self.lo,
-            self.scale, self.within_clip,
+            self.dim,
+            self.shared_seeds,
+            np.zeros_like(self.private_seeds),
+            None if self.values is None else self.values.copy(),
+            self.indices,
+            self.codes,
+            self.lo,
+            self.scale,
+            self.within_clip,
         )
 
 
@@ -127,8 +133,12 @@ class _Noise(Stage):
         return self.FORMAT.pack(self.scale, self.noise_multiplier)
 
     def describe(self) -> dict[str, object]:
-        return {"kind": self.kind, "mechanism": self.mechanism, "scale": self.scale,
-                "noise_multiplier": self.noise_multiplier}
+        return {
+            "kind": self.kind,
+            "mechanism": self.mechanism,
+            "scale": self.scale,
+            "noise_multiplier": self.noise_multiplier,
+        }
 
 
 class GaussianNoise(_Noise):
@@ -268,7 +278,9 @@ class Quantize(Stage):
 
     def device(self, batch: Batch) -> None:
         assert batch.values is not None
-        batch.codes, batch.lo, batch.scale = quantize(batch.values, batch.private_seeds, self.bits, self.chunk)
+        batch.codes, batch.lo, batch.scale = quantize(
+            batch.values, batch.private_seeds, self.bits, self.chunk
+        )
         batch.values = None
 
     def server(self, batch: Batch) -> None:
@@ -284,7 +296,8 @@ class Quantize(Stage):
 
 
 STAGE_TYPES: dict[int, type[Stage]] = {
-    cls.code: cls for cls in (Clip, GaussianNoise, LaplaceNoise, RandomK, TopK, ErrorFeedback, Rotate, Quantize)
+    cls.code: cls
+    for cls in (Clip, GaussianNoise, LaplaceNoise, RandomK, TopK, ErrorFeedback, Rotate, Quantize)
 }
 
 

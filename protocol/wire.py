@@ -76,8 +76,9 @@ def chain_lengths(stages: Sequence[Stage]) -> int:
     return stages[-1].out_len if stages else 0
 
 
-def serialize(batch: Batch, stages: Sequence[Stage], phone_ids: np.ndarray, round: int,
-              model_version: int) -> list[bytes]:
+def serialize(
+    batch: Batch, stages: Sequence[Stage], phone_ids: np.ndarray, round: int, model_version: int
+) -> list[bytes]:
     """One v1 message per row of an encoded batch."""
     quant = next((s for s in stages if isinstance(s, Quantize)), None)
     if quant is not None:
@@ -90,8 +91,19 @@ def serialize(batch: Batch, stages: Sequence[Stage], phone_ids: np.ndarray, roun
         values32 = batch.values.astype("<f4")
     messages = []
     for i in range(batch.n):
-        parts = [HEADER.pack(MAGIC, FORMAT_VERSION, 0, model_version, round, int(phone_ids[i]), batch.dim,
-                             int(batch.shared_seeds[i]), len(stages))]
+        parts = [
+            HEADER.pack(
+                MAGIC,
+                FORMAT_VERSION,
+                0,
+                model_version,
+                round,
+                int(phone_ids[i]),
+                batch.dim,
+                int(batch.shared_seeds[i]),
+                len(stages),
+            )
+        ]
         for s in stages:
             body = s.row_params(batch, i)
             parts.append(bytes((s.code, len(body))) + body)
@@ -142,7 +154,8 @@ def parse(message: bytes, layout: Layout) -> tuple[UpdateHeader, list[Stage], Ba
         raise ChecksumError("CRC-32 trailer does not match the message")
     cur = _Cursor(body)
     _, version, flags, model_version, round_, phone_id, dim, seed, n_stages = HEADER.unpack(
-        cur.take(HEADER.size, "header"))
+        cur.take(HEADER.size, "header")
+    )
     if version != FORMAT_VERSION:
         raise UnsupportedVersionError(f"format version {version} (this decoder reads {FORMAT_VERSION})")
     if flags != 0:
