@@ -1,0 +1,292 @@
+"""On-device bundle benchmark: sizes, per-token latency, train-step latency and memory, K-step local update.
+
+For the default and small presets it builds a bundle (``export_bundle``) from a briefly trained model
+(or from ``--checkpoint`` for the preset of that checkpoint), then measures on one thread, side by side:
+
+    file sizes            predict.onnx / predict.int8.onnx / train graphs / weights.bin
+    int8 vs fp32          top-1 agreement and next-piece accuracy on held-out users' chitchat messages
+    prediction latency    one token per call, batch 1, p50/p95 (fp32 and int8)
+    train step            train_step.onnx vs the same step in torch eager (autograd module loss and the
+                          torch.func step the graph is traced from), same batch; peak RSS growth
+    local update          local_update.onnx (K steps, delta clipped) vs the torch reference
+
+The last line is ``RESULT predict_int8_mb=… top1_agreement=… token_p95_ms=… step_onnx_over_torch=…`` for
+the default preset; ``step_onnx_over_torch`` divides the ONNX step time by the faster torch variant.
+
+    .venv/bin/python bench/on_device.py --quick          # under a minute
+    .venv/bin/python bench/on_device.py --checkpoint runs/demo/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from fedkey.models.bundle import export_bundle
+from fedkey.models.checkpoint import Checkpoint
+from fedkey.models.cifg_lstm import CifgLstm, ModelConfig
+from fedkey.models.manifest import load_bundle
+from fedkey.models.onnx_local_update import Batches, local_update_onnx, local_update_torch
+from fedkey.models.onnx_predict import OnnxPredictor, make_session
+from fedkey.models.onnx_train import sgd_step
+from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, normalize, train_tokenizer
+
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    seq_len: int
+    train_messages: int
+    tokenizer_messages: int
+    train_seconds: dict[str, float]
+    eval_messages: int
+    latency_tokens: int
+    step_reps: int
+    step_batch: int
+    local_steps: int
+
+
+QUICK = Settings(seq_len=12, train_messages=40_000, tokenizer_messages=30_000,
+                 train_seconds={"default": 8.0, "small": 3.0},
+                 eval_messages=300, latency_tokens=600, step_reps=5, step_batch=16, local_steps=8)
+FULL = Settings(seq_len=20, train_messages=1_000_000, tokenizer_messages=120_000,
+                train_seconds={"default": 60.0, "small": 30.0},
+                eval_messages=2_000, latency_tokens=5_000, step_reps=20, step_batch=16, local_steps=16)
+
+
+def chitchat_by_user() -> dict[str, list[str]]:
+    """Normalised messages per sender from the installed chitchat-dataset package."""
+    spec = importlib.util.find_spec("chitchat_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the chitchat-dataset package is not installed (pip install chitchat-dataset)")
+    data = json.loads((Path(next(iter(spec.submodule_search_locations))) / "dataset.json").read_text())
+    users: dict[str, list[str]] = {}
+    for conversation in data.values():
+        for turn in conversation["messages"]:
+            for message in turn:
+                text = normalize(message["text"])
+                if text:
+                    users.setdefault(message["sender"], []).append(text)
+    return users
+
+
+def split_users(users: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """Train and held-out messages; a user is held out by a hash of the id (about 10% of users)."""
+    train, held_out = [], []
+    for user, messages in sorted(users.items()):
+        bucket = int(hashlib.sha256(user.encode()).hexdigest(), 16) % 10
+        (held_out if bucket == 0 else train).extend(messages)
+    return train, held_out
+
+
+def windows(tok: Tokenizer, messages: list[str], seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[BOS] pieces [EOS] per message, cut into rows of seq_len (inputs, targets, mask)."""
+    rows = []
+    for ids in tok.encode_batch(messages):
+        full = [BOS_ID, *ids, EOS_ID]
+        rows.extend(full[s:s + seq_len + 1] for s in range(0, len(full) - 1, seq_len))
+    inputs = np.full((len(rows), seq_len), PAD_ID, np.int64)
+    targets = np.full((len(rows), seq_len), PAD_ID, np.int64)
+    mask = np.zeros((len(rows), seq_len), np.float32)
+    for i, row in enumerate(rows):
+        n = len(row) - 1
+        inputs[i, :n], targets[i, :n], mask[i, :n] = row[:-1], row[1:], 1.0
+    return inputs, targets, mask
+
+
+def train_briefly(model: CifgLstm, data: tuple[np.ndarray, np.ndarray, np.ndarray], seconds: float) -> int:
+    """Adam on shuffled batches of 32 rows for a wall-clock budget; returns the tokens seen."""
+    inputs, targets, mask = (torch.from_numpy(a) for a in data)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    rng = np.random.default_rng(0)
+    seen, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        idx = torch.from_numpy(rng.integers(0, len(inputs), 32))
+        total, count = model.loss(inputs[idx], targets[idx], mask[idx])
+        opt.zero_grad()
+        (total / count.clamp(min=1)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        seen += int(count)
+    return seen
+
+
+class PeakRss:
+    """Samples this process's RSS in a thread; `growth_mb` = peak minus the RSS when entered."""
+
+    def __enter__(self) -> PeakRss:
+        self._proc = psutil.Process()
+        self.base = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.base) / MB
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def agreement(bundle_dir: Path, held: tuple[np.ndarray, ...]) -> tuple[float, float, float]:
+    """(int8-vs-fp32 top-1 agreement, fp32 accuracy, int8 accuracy) over the masked positions."""
+    inputs, targets, mask = held
+    fp32 = OnnxPredictor(bundle_dir / "predict.onnx").run_sequences(inputs).argmax(-1)
+    int8 = OnnxPredictor(bundle_dir / "predict.int8.onnx").run_sequences(inputs).argmax(-1)
+    on = mask > 0
+    return (float((fp32 == int8)[on].mean()), float((fp32 == targets)[on].mean()),
+            float((int8 == targets)[on].mean()))
+
+
+def token_latency(path: Path, tokens: np.ndarray) -> tuple[float, float]:
+    """p50 and p95 milliseconds of one keyboard event (batch 1, state carried) on one thread."""
+    predictor = OnnxPredictor(path, intra_op_threads=1)
+    state = predictor.zero_state(1)
+    times = []
+    for i, token in enumerate(tokens):
+        if token == BOS_ID:  # a new message: the keyboard starts from the zero state
+            state = predictor.zero_state(1)
+        t0 = time.perf_counter()
+        _, state = predictor.step(np.array([token], np.int64), state)
+        if i >= 20:  # skip warm-up
+            times.append(time.perf_counter() - t0)
+    ms = 1000 * np.array(times)
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def bench_preset(preset: str, ckpt: Checkpoint, out: Path, held: tuple[np.ndarray, ...],
+                 train_rows: tuple[np.ndarray, ...], s: Settings) -> dict[str, float]:
+    t0 = time.perf_counter()
+    export_bundle(ckpt, out, overwrite=True)
+    export_s = time.perf_counter() - t0
+    bundle = load_bundle(out)
+    size = {name: e.size / MB for name, e in bundle.manifest.files.items()}
+    top1, acc32, acc8 = agreement(out, held)
+    stream = held[0][held[2] > 0][: s.latency_tokens]
+    p50_32, p95_32 = token_latency(out / "predict.onnx", stream)
+    p50_8, p95_8 = token_latency(out / "predict.int8.onnx", stream)
+
+    rows = slice(0, s.step_batch)
+    batch = tuple(a[rows] for a in train_rows)
+    feeds = {"weights": bundle.weights, "tokens": batch[0], "targets": batch[1], "mask": batch[2],
+             "lr": np.array(0.1, np.float32), "clip": np.array(1.0, np.float32)}
+    with PeakRss() as onnx_mem:
+        session = make_session(out / "train_step.onnx")
+        onnx_ms = median_ms(lambda: session.run(None, feeds), s.step_reps)
+
+    model = CifgLstm(ckpt.model.config)
+    model.load_state_dict(ckpt.model.state_dict())
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    tb = tuple(torch.from_numpy(a) for a in batch)
+
+    def torch_step() -> None:
+        sgd.zero_grad()
+        total, count = model.loss(*tb)
+        (total / count.clamp(min=1)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        sgd.step()
+
+    with PeakRss() as torch_mem:
+        torch_ms = median_ms(torch_step, s.step_reps)
+    flat, shapes = torch.from_numpy(bundle.weights), ckpt.model.config.param_shapes()
+    lr, clip = torch.tensor(0.1), torch.tensor(1.0)
+    func_ms = median_ms(lambda: sgd_step(flat, *tb, lr, clip, shapes), s.step_reps)
+
+    phone = Batches.from_rows(*(a[: 4 * s.step_batch] for a in train_rows), batch_size=s.step_batch)
+    kwargs = {"steps": s.local_steps, "lr": 0.1, "grad_clip": 1.0, "delta_clip": 0.5}
+    local_session = make_session(out / "local_update.onnx")
+    local_onnx_ms = median_ms(lambda: local_update_onnx(local_session, bundle.weights, phone, **kwargs), 2)
+    config = ckpt.model.config
+    local_torch_ms = median_ms(lambda: local_update_torch(config, bundle.weights, phone, **kwargs), 2)
+
+    m = bundle.manifest
+    print(f"\n== preset {preset}: {m.model.num_parameters:,} parameters, vocab {m.model.vocab_size}, "
+          f"seq_len {m.seq_len} (export {export_s:.1f} s)")
+    print("  files (MB):  " + "  ".join(f"{n} {v:.3f}" for n, v in size.items()))
+    print(f"  held-out next piece: top-1 fp32 {acc32:.4f}  int8 {acc8:.4f}  int8/fp32 agreement {top1:.4f} "
+          f"({int((held[2] > 0).sum()):,} positions)")
+    print(f"  per token, 1 thread: fp32 p50 {p50_32:.3f} ms p95 {p95_32:.3f} ms | "
+          f"int8 p50 {p50_8:.3f} ms p95 {p95_8:.3f} ms")
+    print(f"  train step, batch {s.step_batch}x{bundle.manifest.seq_len}, 1 thread: onnx {onnx_ms:.2f} ms "
+          f"(peak RSS +{onnx_mem.growth_mb:.1f} MB) | torch eager autograd {torch_ms:.2f} ms "
+          f"(peak RSS +{torch_mem.growth_mb:.1f} MB) | torch.func step {func_ms:.2f} ms")
+    print(f"  local update, K={s.local_steps} over {phone.tokens.shape[0]} batches: "
+          f"onnx {local_onnx_ms:.1f} ms | torch {local_torch_ms:.1f} ms")
+    return {"int8_mb": size["predict.int8.onnx"], "top1": top1, "p95": p95_8,
+            "ratio": onnx_ms / min(torch_ms, func_ms)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short training and fewer repetitions (< 1 min)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="use this checkpoint (and its tokenizer and seq_len) for its preset")
+    parser.add_argument("--out", type=Path, help="keep the bundles here (default: a temporary directory)")
+    args = parser.parse_args()
+    s = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    # One thread throughout: it is the on-device setting, and two threads on a shared two-core machine
+    # were 5-30x slower under contention.
+    torch.set_num_threads(1)
+    train_msgs, held_msgs = split_users(chitchat_by_user())
+    rng = np.random.default_rng(0)
+    train_msgs = [train_msgs[i] for i in rng.permutation(len(train_msgs))[: s.train_messages]]
+    ckpt = Checkpoint.load(args.checkpoint) if args.checkpoint else None
+    if ckpt is not None:
+        tok, seq_len = ckpt.tokenizer, ckpt.seq_len
+    else:
+        tok, seq_len = train_tokenizer(train_msgs[: s.tokenizer_messages], vocab_size=8192), s.seq_len
+    train_rows = windows(tok, train_msgs, seq_len)
+    held = windows(tok, held_msgs[: s.eval_messages], seq_len)
+    print(f"chitchat: {len(train_msgs):,} train / {len(held_msgs):,} held-out messages; "
+          f"tokenizer {tok.vocab_size} pieces ({time.perf_counter() - started:.1f} s)")
+    root = args.out or Path(tempfile.mkdtemp(prefix="fedkey-bench-"))
+    results = {}
+    for preset in ("default", "small"):
+        config = ModelConfig(preset=preset, vocab_size=tok.vocab_size).resolved()
+        if ckpt is not None and ckpt.model.config == config:
+            preset_ckpt = ckpt
+        else:
+            model = CifgLstm(config, seed=0)
+            seen = train_briefly(model, train_rows, s.train_seconds[preset])
+            print(f"{preset}: trained {s.train_seconds[preset]:.0f} s ({seen:,} tokens)")
+            preset_ckpt = Checkpoint(model, tok, seq_len=seq_len, model_version=0)
+        results[preset] = bench_preset(preset, preset_ckpt, root / preset, held, train_rows, s)
+    print(f"\ntotal {time.perf_counter() - started:.1f} s; bundles in {root}")
+    d = results["default"]
+    print(f"RESULT predict_int8_mb={d['int8_mb']:.3f} top1_agreement={d['top1']:.4f} "
+          f"token_p95_ms={d['p95']:.3f} step_onnx_over_torch={d['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
