@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fedkey.privacy.errors import PrivacyConfigError
 from fedkey.privacy.mechanisms import (
     AdaptiveClipState,
