@@ -184,7 +184,7 @@ def build_local_update(step_model: onnx.ModelProto) -> onnx.ModelProto:
     )
     seq_len = step_graph.input[1].type.tensor_type.shape.dim[1].dim_value
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    batches = ["num_batches_dim", "batch", seq_len]
+    batches = ["num_batches", "batch", seq_len]
     nodes = [
         helper.make_node("Shape", ["tokens"], ["num_batches_1d"], start=0, end=1),
         helper.make_node("Squeeze", ["num_batches_1d"], ["num_batches"]),
