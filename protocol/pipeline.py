@@ -122,7 +122,10 @@ class UpdatePipeline:
         self.layout = layout
         clip = self.config.clip()
         self.default_clip_norm = clip.norm if clip else None
-        self.build_stages(self.default_clip_norm)  # fail early on k > d and friends
+        try:
+            self.build_stages(self.default_clip_norm)  # fail early on k > d and friends
+        except StageError as err:
+            raise PipelineInputError(f"pipeline does not fit the model layout: {err}") from None
 
     @property
     def has_error_feedback(self) -> bool:

@@ -84,10 +84,8 @@ class _Sparsifier(_Stage):
         return self
 
     def kept(self, dim: int) -> int:
-        """Number of coordinates kept out of `dim`."""
+        """Number of coordinates kept out of `dim` (a k above dim is refused when the stage is built)."""
         if self.k is not None:
-            if self.k > dim:
-                raise ValueError(f"k={self.k} exceeds the model dimension {dim}")
             return self.k
         assert self.fraction is not None
         return min(dim, max(1, round(self.fraction * dim)))
