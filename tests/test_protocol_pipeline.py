@@ -7,6 +7,9 @@ import pytest
 from fedkey.protocol.errors import PipelineInputError
 from fedkey.protocol.pipeline import UpdatePipeline, decode, decode_batch
 
+CLIP_HALF = {"kind": "clip", "norm": 0.5}
+CLIP_ONE = {"kind": "clip", "norm": 1.0}
+
 
 def test_local_dp_noise_on_the_wire_has_the_calibrated_scale() -> None:
     dim = 50_000
