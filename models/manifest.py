@@ -227,6 +227,9 @@ def load_bundle(root: str | Path, expected_model_version: int | None = None) -> 
     expected_layout = param_layout(manifest.to_model_config())
     if manifest.parameters != expected_layout:
         raise BundleError(f"{manifest_path}: parameter layout does not match model shape {manifest.model}")
+    graphs = {role: graph.file for role, graph in manifest.graphs.items()}
+    if graphs != GRAPH_FILES:
+        raise BundleError(f"{manifest_path}: graphs {graphs} do not match the format's {GRAPH_FILES}")
     required = {WEIGHTS_FILE, TOKENIZER_FILE, *GRAPH_FILES.values()}
     missing = required - set(manifest.files)
     if missing:

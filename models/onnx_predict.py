@@ -11,6 +11,7 @@ embedding is stored once as 8-bit (the ``Gather`` reads it directly, the output 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from fedkey.models.cifg_lstm import PARAM_NAMES, cell_step, output_logits
-from fedkey.models.onnx_train import OPSET, strip_metadata
+from fedkey.models.onnx_train import OPSET, quiet_exporter, strip_metadata
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import Tensor, nn
 
@@ -47,11 +48,12 @@ def build_predict(params: dict[str, Tensor]) -> onnx.ModelProto:
     hidden = params["w_proj"].shape[0]
     batch = torch.export.Dim("batch", min=1)
     example = (torch.tensor([1, 2]), torch.zeros(2, e), torch.zeros(2, hidden))
-    program = torch.onnx.export(
-        _PredictStep(params).eval(), example, dynamo=True, opset_version=OPSET, verbose=False,
-        input_names=list(PREDICT_INPUTS), output_names=list(PREDICT_OUTPUTS),
-        dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
-    )
+    with quiet_exporter():
+        program = torch.onnx.export(
+            _PredictStep(params).eval(), example, dynamo=True, opset_version=OPSET, verbose=False,
+            input_names=list(PREDICT_INPUTS), output_names=list(PREDICT_OUTPUTS),
+            dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+        )
     model = program.model_proto
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
@@ -64,14 +66,30 @@ def build_predict(params: dict[str, Tensor]) -> onnx.ModelProto:
     return model
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def quantize_predict(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic int8 quantization of the predict graph (weights 8-bit, activations quantized per call)."""
-    quantize_dynamic(
-        fp32_path, int8_path,
-        weight_type=QuantType.QInt8,
-        per_channel=False,
-        op_types_to_quantize=["MatMul", "Gather", "Transpose"],
-    )
+    root = logging.getLogger()
+    # The quantizer advises shape pre-processing; our graph is already fully shaped.
+    advice = _DropMessage("Please consider to run pre-processing")
+    root.addFilter(advice)
+    try:
+        quantize_dynamic(
+            fp32_path, int8_path,
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            op_types_to_quantize=["MatMul", "Gather", "Transpose"],
+        )
+    finally:
+        root.removeFilter(advice)
     model = onnx.load(int8_path)
     strip_metadata(model)
     onnx.save(model, int8_path)

@@ -14,7 +14,11 @@ per-step losses and the delta's pre-clip norm: the device half of DP-FedAvg.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -63,6 +67,22 @@ def sgd_step(flat: Tensor, tokens: Tensor, targets: Tensor, mask: Tensor, lr: Te
     return flat - lr * clip_scale(norm, clip) * grad, loss
 
 
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's known-harmless chatter (missing torchvision ops, axis renaming, a torch
+    deprecation inside the exporter) so that `fedkey export` prints only what matters."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def strip_metadata(model: onnx.ModelProto) -> None:
     """Drop the exporter's per-node metadata and doc strings (most of the file's size)."""
     def clean(graph: onnx.GraphProto) -> None:
@@ -96,14 +116,15 @@ def build_train_step(config: ModelConfig, seq_len: int) -> onnx.ModelProto:
         torch.tensor(0.1),
         torch.tensor(1.0),
     )
-    traced = make_fx(step, tracing_mode="symbolic")(*example)
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(
-        traced.eval(), example, dynamo=True, opset_version=OPSET, verbose=False,
-        input_names=["weights", "tokens", "targets", "mask", "lr", "clip"],
-        output_names=["new_weights", "loss"],
-        dynamic_shapes=(None, {0: batch}, {0: batch}, {0: batch}, None, None),
-    )
+    with quiet_exporter():
+        traced = make_fx(step, tracing_mode="symbolic")(*example)
+        program = torch.onnx.export(
+            traced.eval(), example, dynamo=True, opset_version=OPSET, verbose=False,
+            input_names=["weights", "tokens", "targets", "mask", "lr", "clip"],
+            output_names=["new_weights", "loss"],
+            dynamic_shapes=(None, {0: batch}, {0: batch}, {0: batch}, None, None),
+        )
     model = program.model_proto
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)

@@ -46,5 +46,10 @@ def checkpoint() -> Checkpoint:
 @functools.cache
 def bundle_dir() -> Path:
     root = Path(tempfile.mkdtemp(prefix="fedkey-bundle-test-"))
-    export_bundle(checkpoint(), root / "bundle")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tracing is single-threaded work; don't contend with parallel test runs
+    try:
+        export_bundle(checkpoint(), root / "bundle")
+    finally:
+        torch.set_num_threads(threads)
     return root / "bundle"

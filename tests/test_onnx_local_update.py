@@ -5,7 +5,6 @@ from __future__ import annotations
 import export_fixtures as fx
 import numpy as np
 import pytest
-import torch
 from fedkey.models.manifest import load_bundle
 from fedkey.models.onnx_local_update import (
     Batches,
@@ -19,7 +18,6 @@ from fedkey.models.tokenizer import BOS_ID, EOS_ID
 
 @pytest.fixture(scope="module")
 def bundle():
-    torch.set_num_threads(1)
     return load_bundle(fx.bundle_dir())
 
 

@@ -12,7 +12,6 @@ from fedkey.models.onnx_predict import OnnxPredictor
 
 @pytest.fixture(scope="module")
 def bundle():
-    torch.set_num_threads(1)
     return load_bundle(fx.bundle_dir())
 
 

@@ -14,7 +14,6 @@ from fedkey.models.onnx_train import sgd_step
 
 @pytest.fixture(scope="module")
 def bundle():
-    torch.set_num_threads(1)
     return load_bundle(fx.bundle_dir())
 
 
