@@ -13,5 +13,13 @@ app = typer.Typer(
 )
 
 # Areas register their sub-apps / commands below (one line each).
+from fedkey.cli_foundation import (  # noqa: E402, I001
+    baseline_command, config_app, data_app, evaluate_command, train_central_command,
+)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+app.command("baseline")(baseline_command)
+app.command("train-central")(train_central_command)
+app.command("evaluate")(evaluate_command)
 from fedkey.cli_export import export_command  # noqa: E402, I001
 app.command("export")(export_command)
