@@ -56,10 +56,11 @@ def test_prepare_baseline_train_evaluate(tmp_path, corpus_file):
     assert bigram["held_out_users"]["recall@1"] > 0.2  # the synthetic grammar is very predictable
 
     run = tmp_path / "run"
-    args = ["train-central", "--data", str(data), "--out", str(run), "--set", 'model.preset="small"',
-            "--set", "model.hidden_dim=32", "--set", "model.embed_dim=16", "--set", "central.epochs=3",
-            "--set", "central.eval_every=20", "--set", "central.batch_size=32", "--set", "central.lr=0.01", "--set", "central.threads=1"]
-    result = runner.invoke(app, args)
+    args = ["train-central", "--data", str(data), "--out", str(run)]
+    for setting in ('model.preset="small"', "model.hidden_dim=32", "model.embed_dim=16", "central.eval_every=20",
+                    "central.batch_size=32", "central.lr=0.01", "central.threads=1"):
+        args += ["--set", setting]
+    result = runner.invoke(app, [*args, "--set", "central.epochs=3"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) >= 2 and lines[-1]["loss"] < lines[0]["loss"]
@@ -68,8 +69,7 @@ def test_prepare_baseline_train_evaluate(tmp_path, corpus_file):
     assert (run / "metrics.png").stat().st_size > 1000
 
     # resume continues from the saved step instead of starting over
-    result = runner.invoke(app, [*args[:-8], "--set", "central.epochs=4", "--set", "central.eval_every=20",
-                                 "--set", "central.batch_size=32", "--resume"])
+    result = runner.invoke(app, [*args, "--set", "central.epochs=4", "--resume"])
     assert result.exit_code == 0, result.output
     resumed = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert resumed[0] == lines[0] and resumed[-1]["step"] > lines[-1]["step"]
