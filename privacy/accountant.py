@@ -219,14 +219,23 @@ def rounds_allowed(
     kind: AccountantKind = "pld",
     max_rounds: int = 10_000_000,
 ) -> int:
-    """Largest number of identical rounds whose ε(δ) stays within `target_epsilon` (0 if none)."""
+    """Largest number of identical rounds whose ε(δ) stays within `target_epsilon` (0 if none).
+
+    For PLD the search starts from the RDP answer (RDP's ε is an upper bound, so that many rounds are
+    normally within budget under PLD too; it is checked, not assumed).
+    """
 
     def ok(n: int) -> bool:
         return epsilon_of([(spec, n)], delta, kind) <= target_epsilon
 
     if not ok(1):
         return 0
-    lo, hi = 1, 2
+    lo = 1
+    if kind == "pld" and spec.sampling == "poisson":
+        start = rounds_allowed(spec, target_epsilon, delta, "rdp", max_rounds)
+        if start > 1 and ok(start):
+            lo = start
+    hi = lo * 2
     while hi <= max_rounds and ok(hi):
         lo, hi = hi, hi * 2
     if hi > max_rounds:
@@ -270,12 +279,22 @@ def noise_multiplier_for(
         <= target_epsilon
     ):
         return lowest
+    bracket: dp_accounting.mechanism_calibration.BracketInterval = dp_accounting.LowerEndpointAndGuess(
+        lowest, 1.0
+    )
+    if kind == "pld":
+        # RDP needs at least as much noise as PLD: its answer is the top of the bracket.
+        upper = noise_multiplier_for(
+            target_epsilon, delta, rounds, sampling, sampling_rate, cohort_size, population, "rdp"
+        )
+        if upper > lowest:
+            bracket = dp_accounting.ExplicitBracketInterval(max(lowest, upper / 2), upper)
     z = dp_accounting.calibrate_dp_mechanism(
         lambda: make_accountant(kind, sampling),
         event,
         target_epsilon,
         delta,
-        dp_accounting.LowerEndpointAndGuess(lowest, 1.0),
+        bracket,
         tol=1e-4,
     )
     z = float(z)
