@@ -23,3 +23,5 @@ app.command("train-central")(train_central_command)
 app.command("evaluate")(evaluate_command)
 from fedkey.cli_export import export_command  # noqa: E402, I001
 app.command("export")(export_command)
+from fedkey.cli_privacy import privacy_app  # noqa: E402, I001
+app.add_typer(privacy_app, name="privacy")
