@@ -103,7 +103,7 @@ def split_users(users: list[UserText], seed: int, test_fraction: float, personal
         if is_test_user(user.user, seed, test_fraction):
             out.append(UserData(user.user, "test", user.messages))
         else:
-            n_personal = int(round(len(user.messages) * personal_fraction))
+            n_personal = round(len(user.messages) * personal_fraction)
             cut = len(user.messages) - n_personal
             out.append(UserData(user.user, "train", user.messages[:cut], user.messages[cut:]))
     return out

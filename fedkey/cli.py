@@ -22,6 +22,7 @@ app.command("baseline")(baseline_command)
 app.command("train-central")(train_central_command)
 app.command("evaluate")(evaluate_command)
 from fedkey.cli_demo import demo_command  # noqa: E402
+
 app.command("demo")(demo_command)
 from fedkey.cli_export import export_command  # noqa: E402, I001
 app.command("export")(export_command)

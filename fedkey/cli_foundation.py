@@ -54,7 +54,7 @@ def data_prepare(
                   f"held-out OOV rate {s['test_oov_rate']:.3f}")
 
 
-def _load_data(path: Path):  # noqa: ANN202 (FederatedData; imported lazily to keep --help fast)
+def _load_data(path: Path):
     from fedkey.device_sim.federated_data import FederatedData
 
     with user_errors():

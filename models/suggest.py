@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from fedkey.models.cifg_lstm import CifgLstm, cell_step, output_logits
-from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from fedkey.models.metrics import word_positions
+from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
 def _encode_messages(tokenizer: Tokenizer, messages: Sequence[list[str]]) -> list[list[int]]:

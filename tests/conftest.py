@@ -11,9 +11,6 @@ import torch
 
 torch.set_num_threads(1)
 
-WORDS = ("i you we they like love want need the a coffee tea cake music movies today tomorrow "
-         "really very good bad so and but not to go see eat drink play watch").split()
-
 
 def synthetic_messages(rng: random.Random, n: int) -> list[str]:
     out = []

@@ -85,7 +85,7 @@ def test_beam_search_matches_brute_force(prepared):
         model.params["embedding"].mul_(8.0)  # a peaked distribution, as a trained model has
     lexicon = prepared.lexicon
     suggester = LstmSuggester(model, tok, lexicon, beam=tok.vocab_size, max_word_pieces=6)
-    context = "we like".split()
+    context = ["we", "like"]
     top = suggester.suggest([[*context, lexicon[0]]], 3)[0][-1]
     with torch.no_grad():
         probs = _brute_force_word_probs(model, tok, tok.encode(" ".join(context)), lexicon)
