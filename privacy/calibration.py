@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from fedkey.privacy.errors import PrivacyConfigError
 from scipy import optimize
 from scipy.special import log_ndtr
+
+from fedkey.privacy.errors import PrivacyConfigError
 
 
 def gaussian_delta(sigma: float, epsilon: float, sensitivity: float = 1.0) -> float:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fedkey.privacy.accountant import RoundSpec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedkey.privacy.accountant import RoundSpec
 
 
 class CentralDpConfig(BaseModel):

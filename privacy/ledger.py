@@ -20,6 +20,7 @@ from typing import Any, Literal
 import dp_accounting
 from dp_accounting import pld, rdp
 from dp_accounting.privacy_accountant import NeighboringRelation
+
 from fedkey.privacy.errors import PrivacyConfigError
 
 Mechanism = Literal["gaussian", "laplace"]

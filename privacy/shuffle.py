@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import optimize, special, stats
+
 from fedkey.privacy.calibration import gaussian_epsilon
 from fedkey.privacy.errors import PrivacyConfigError
-from scipy import optimize, special, stats
 
 _TAIL = 1e-18
 

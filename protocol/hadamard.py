@@ -15,6 +15,7 @@ finally every element is multiplied by s = 1/√B (computed once in binary64). A
 from __future__ import annotations
 
 import numpy as np
+
 from fedkey.protocol.prng import STREAM_SIGNS, derive, stream, to_sign
 
 

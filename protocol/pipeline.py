@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
 from fedkey.privacy.calibration import LocalMechanism
 from fedkey.protocol.errors import InvalidValueError, PipelineInputError, StageError
 from fedkey.protocol.pipeline_config import (
@@ -115,9 +116,7 @@ class UpdatePipeline:
     """A validated stage list bound to a model layout; `encode` runs the phone halves."""
 
     def __init__(self, config: PipelineConfig | Sequence[StageSpec | dict[str, Any]], layout: Layout) -> None:
-        self.config = (
-            config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(list(config))
-        )
+        self.config = config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(list(config))
         self.dim = layout_size(layout)
         self.layout = layout
         clip = self.config.clip()
@@ -266,9 +265,7 @@ def _u64_array(values: Any, n: int, name: str) -> np.ndarray:
     return np.array(ints, dtype=np.uint64)
 
 
-def _finish(
-    header: UpdateHeader, stages: list[Stage], batch: Batch
-) -> tuple[np.ndarray, list[DecodedUpdate]]:
+def _finish(header: UpdateHeader, stages: list[Stage], batch: Batch) -> tuple[np.ndarray, list[DecodedUpdate]]:
     for stage in reversed(stages):
         stage.server(batch)
     assert batch.values is not None

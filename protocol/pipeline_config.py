@@ -31,8 +31,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from fedkey.privacy.calibration import LocalMechanism, gaussian_local_mechanism, laplace_local_mechanism
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+
+from fedkey.privacy.calibration import LocalMechanism, gaussian_local_mechanism, laplace_local_mechanism
 
 
 class _Stage(BaseModel):
@@ -174,15 +175,9 @@ def check_stage_order(kinds: list[str], adaptive_clip: bool = False) -> None:
     if "rotate" in pos and sparsifier is not None and pos["rotate"] < sparsifier:
         raise ValueError("rotate must come after the sparsifier (it rotates the kept values)")
     if "error_feedback" in pos:
-        later = [
-            k
-            for k in ("random_k", "top_k", "rotate", "quantize")
-            if k in pos and pos[k] < pos["error_feedback"]
-        ]
+        later = [k for k in ("random_k", "top_k", "rotate", "quantize") if k in pos and pos[k] < pos["error_feedback"]]
         if later:
-            raise ValueError(
-                f"error_feedback must come before {later[0]} (it must see what compression drops)"
-            )
+            raise ValueError(f"error_feedback must come before {later[0]} (it must see what compression drops)")
     noise = next((pos[k] for k in NOISE_KINDS if k in pos), None)
     if noise is None:
         return

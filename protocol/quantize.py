@@ -15,6 +15,7 @@ estimate of x_i, with error |x̂_i − x_i| < s. Codes are packed LSB-first: val
 from __future__ import annotations
 
 import numpy as np
+
 from fedkey.protocol.prng import STREAM_ROUNDING, derive, stream, to_uniform
 
 ALLOWED_BITS = (1, 2, 4, 8)

@@ -12,6 +12,7 @@ indices coded as LEB128 varints of the gaps g_0 = i_0, g_j = i_j − i_{j−1} �
 from __future__ import annotations
 
 import numpy as np
+
 from fedkey.protocol.prng import STREAM_MASK, derive, stream, to_bounded
 
 
@@ -44,9 +45,7 @@ def random_k_masks(shared_seeds: np.ndarray, dim: int, k: int) -> np.ndarray:
     return out
 
 
-def _random_k_sequential(
-    key: np.uint64, dim: int, k: int, start: int, seen_in_order: list[int]
-) -> np.ndarray:
+def _random_k_sequential(key: np.uint64, dim: int, k: int, start: int, seen_in_order: list[int]) -> np.ndarray:
     """Continue drawing stream outputs start, start+1, … until k distinct indices (rare slow path)."""
     seen = set(seen_in_order)
     j = start
@@ -72,7 +71,10 @@ def top_k_indices(x: np.ndarray, k: int) -> np.ndarray:
     greater = mag > thresh[:, None]
     equal = mag == thresh[:, None]
     need = k - greater.sum(axis=1)
-    keep = greater | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))
+    keep = greater | equal
+    # Rows with more ties at the threshold than places left keep the lowest-index ties only.
+    for row in np.flatnonzero(equal.sum(axis=1) > need):
+        keep[row] = greater[row] | (equal[row] & (np.cumsum(equal[row]) <= need[row]))
     return np.nonzero(keep)[1].reshape(n, k).astype(np.int64)
 
 
@@ -102,9 +104,7 @@ def decode_gaps(blob: bytes | np.ndarray, count: int, dim: int) -> np.ndarray:
     data = np.frombuffer(blob, dtype=np.uint8) if isinstance(blob, bytes | bytearray | memoryview) else blob
     ends = np.flatnonzero(data < 0x80)
     if ends.size != count or (count and ends[-1] != data.size - 1) or (count == 0 and data.size):
-        raise ValueError(
-            f"index section holds {ends.size} complete varints in {data.size} bytes, expected {count}"
-        )
+        raise ValueError(f"index section holds {ends.size} complete varints in {data.size} bytes, expected {count}")
     starts = np.concatenate(([0], ends[:-1] + 1)) if count else ends
     lengths = ends - starts + 1
     if lengths.size and lengths.max() > 5:

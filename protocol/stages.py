@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
 from fedkey.privacy.mechanisms import add_gaussian_noise, add_laplace_noise, clip_rows
 from fedkey.protocol.errors import StageError
 from fedkey.protocol.hadamard import padded_length, rotate, unrotate
@@ -278,9 +279,7 @@ class Quantize(Stage):
 
     def device(self, batch: Batch) -> None:
         assert batch.values is not None
-        batch.codes, batch.lo, batch.scale = quantize(
-            batch.values, batch.private_seeds, self.bits, self.chunk
-        )
+        batch.codes, batch.lo, batch.scale = quantize(batch.values, batch.private_seeds, self.bits, self.chunk)
         batch.values = None
 
     def server(self, batch: Batch) -> None:
@@ -296,8 +295,7 @@ class Quantize(Stage):
 
 
 STAGE_TYPES: dict[int, type[Stage]] = {
-    cls.code: cls
-    for cls in (Clip, GaussianNoise, LaplaceNoise, RandomK, TopK, ErrorFeedback, Rotate, Quantize)
+    cls.code: cls for cls in (Clip, GaussianNoise, LaplaceNoise, RandomK, TopK, ErrorFeedback, Rotate, Quantize)
 }
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fedkey.protocol.errors import WireFormatError
 from fedkey.protocol.pipeline import UpdatePipeline, decode
 from fedkey.protocol.sparsify import random_k_masks, top_k_indices
@@ -109,9 +110,7 @@ def build_vector(case: dict[str, Any], index: int) -> dict[str, Any]:
     shared_seed = int(np.uint64(0x0123456789ABCDEF) * np.uint64(index + 1))
     private_seed = int(np.uint64(0xFEDCBA9876543210) ^ np.uint64(index))
     pipe = UpdatePipeline(case["stages"], dim)
-    out = pipe.encode(
-        x, [phone_id], round_, model_version, shared_seeds=[shared_seed], private_seeds=[private_seed]
-    )
+    out = pipe.encode(x, [phone_id], round_, model_version, shared_seeds=[shared_seed], private_seeds=[private_seed])
     message = out.messages[0]
     decoded = decode(message, dim)
     kinds = [s["kind"] for s in case["stages"]]
@@ -134,9 +133,7 @@ def build_vector(case: dict[str, Any], index: int) -> dict[str, Any]:
     for spec in case["stages"]:
         if spec["kind"] == "random_k":
             k = spec.get("k") or max(1, round(spec["fraction"] * dim))
-            vector["random_k_mask"] = random_k_masks(np.array([shared_seed], dtype=np.uint64), dim, k)[
-                0
-            ].tolist()
+            vector["random_k_mask"] = random_k_masks(np.array([shared_seed], dtype=np.uint64), dim, k)[0].tolist()
         if spec["kind"] == "top_k" and vector["encode_reproducible"] and kinds[0] != "clip":
             vector["top_k_indices"] = top_k_indices(x[None, :].astype(np.float64), spec["k"])[0].tolist()
     if out.residuals is not None:
@@ -192,9 +189,7 @@ def render(doc: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check", action="store_true", help="compare with the committed file instead of writing"
-    )
+    parser.add_argument("--check", action="store_true", help="compare with the committed file instead of writing")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     text = render(build_all())

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from fedkey.protocol.errors import (
     BadMagicError,
     ChecksumError,
@@ -51,9 +52,16 @@ Layout = int | Sequence[tuple[str, Sequence[int]]]
 def layout_size(layout: Layout) -> int:
     """Total parameter count of a layout: an int, or a list of (name, shape) in flat-vector order."""
     if isinstance(layout, int | np.integer):
-        total = int(layout)
+        dims = [int(layout)]
     else:
-        total = sum(math.prod(shape) for _, shape in layout)
+        try:
+            shapes = [tuple(int(n) for n in shape) for _, shape in layout]
+        except (TypeError, ValueError) as err:
+            raise LayoutMismatchError(f"layout must be a size or a list of (name, shape): {err}") from None
+        if any(n < 0 for shape in shapes for n in shape):
+            raise LayoutMismatchError(f"layout has a negative dimension: {shapes}")
+        dims = [math.prod(shape) for shape in shapes]
+    total = sum(dims)
     if not 0 < total < 2**32:
         raise LayoutMismatchError(f"layout size must be in [1, 2^32), got {total}")
     return total

@@ -8,6 +8,7 @@ import dp_accounting
 import pytest
 from dp_accounting import pld, rdp
 from dp_accounting.privacy_accountant import NeighboringRelation
+
 from fedkey.privacy.accountant import (
     CentralDpAccountant,
     RoundSpec,

@@ -7,6 +7,8 @@ import math
 import dp_accounting
 import numpy as np
 import pytest
+from scipy.stats import norm
+
 from fedkey.privacy.calibration import (
     analytic_gaussian_sigma,
     classic_gaussian_sigma,
@@ -17,7 +19,6 @@ from fedkey.privacy.calibration import (
 )
 from fedkey.privacy.errors import PrivacyConfigError
 from fedkey.privacy.mechanisms import add_gaussian_noise, add_laplace_noise
-from scipy.stats import norm
 
 GRID = [(0.1, 1e-6), (0.5, 1e-5), (1.0, 1e-5), (2.0, 1e-8), (8.0, 1e-10), (20.0, 1e-5)]
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from fedkey.privacy.accountant import RoundSpec, epsilon_of
 from typer.testing import CliRunner
 
 from fedkey.cli import app
+from fedkey.privacy.accountant import RoundSpec, epsilon_of
 
 runner = CliRunner()
 

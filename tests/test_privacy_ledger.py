@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from dp_accounting import pld
 from dp_accounting.privacy_accountant import NeighboringRelation
+
 from fedkey.privacy.calibration import gaussian_local_mechanism
 from fedkey.privacy.errors import PrivacyConfigError
 from fedkey.privacy.ledger import DeviceLedger

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from fedkey.privacy.shuffle import (
     compose_epsilon_delta,
     gaussian_shuffle_epsilon,
@@ -13,7 +15,6 @@ from fedkey.privacy.shuffle import (
     shuffle_epsilon,
     shuffle_epsilon_closed_form,
 )
-from scipy import stats
 
 
 def brute_force_delta(eps0: float, n: int, eps: float) -> float:

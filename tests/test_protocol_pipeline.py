@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedkey.protocol.errors import PipelineInputError
 from fedkey.protocol.pipeline import UpdatePipeline, decode, decode_batch
 

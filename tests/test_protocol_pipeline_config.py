@@ -5,8 +5,9 @@ from __future__ import annotations
 import tomllib
 
 import pytest
-from fedkey.protocol.pipeline_config import PipelineConfig, QuantizeStage
 from pydantic import BaseModel, ValidationError
+
+from fedkey.protocol.pipeline_config import PipelineConfig, QuantizeStage
 
 SAFE_LDP = [
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from fedkey.protocol.prng import MASK64, derive, mix64, stream, to_bounded, to_sign, to_uniform
 from fedkey.protocol.sparsify import random_k_masks
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedkey.protocol.hadamard import rotate, unrotate
 from fedkey.protocol.pipeline import UpdatePipeline, decode_batch
 from fedkey.protocol.quantize import dequantize, pack, quantize, unpack

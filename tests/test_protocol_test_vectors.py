@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from fedkey.protocol import errors
 from fedkey.protocol.pipeline import UpdatePipeline, decode
 from fedkey.protocol.testvectors import OUTPUT, build_all, render

@@ -8,6 +8,9 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from fedkey.protocol.errors import (
     BadMagicError,
     ChecksumError,
@@ -21,8 +24,6 @@ from fedkey.protocol.errors import (
 )
 from fedkey.protocol.pipeline import UpdatePipeline, decode, decode_batch
 from fedkey.protocol.wire import HEADER
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 DIM = 700
 CONFIGS = {
