@@ -86,7 +86,10 @@ def train_central(config: FedkeyConfig, data: FederatedData, out: Path, *, eval_
         if improved:
             ckpt.save(out / "best.pt")
         plot_metrics(out / "metrics.jsonl", out / "metrics.png", x="step")
-        progress.update(task, description=f"recall@1 {metrics['recall@1']:.3f} ppl {metrics['perplexity']:.1f}")
+        summary = (f"recall@1 {metrics['recall@1']:.3f} recall@3 {metrics['recall@3']:.3f} "
+                   f"ppl {metrics['perplexity']:.1f}")
+        progress.update(task, description=summary)
+        progress.console.print(f"step {step} (epoch {record['epoch']:.2f}): {summary}")
 
     columns = (TextColumn("[bold]central[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.description}"))
