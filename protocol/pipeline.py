@@ -266,6 +266,8 @@ def _u64_array(values: Any, n: int, name: str) -> np.ndarray:
 
 
 def _finish(header: UpdateHeader, stages: list[Stage], batch: Batch) -> tuple[np.ndarray, list[DecodedUpdate]]:
+    if batch.values is not None:
+        batch.values = batch.values.astype(np.float64)
     for stage in reversed(stages):
         stage.server(batch)
     assert batch.values is not None
@@ -289,7 +291,8 @@ def decode(message: bytes, layout: Layout) -> DecodedUpdate:
 
 
 def decode_batch(messages: Sequence[bytes], layout: Layout) -> DecodedBatch:
-    """Decode many messages; messages with identical stage lists run the server halves together."""
+    """Decode many messages; messages with identical stage lists run the server halves together
+    (in blocks of rows that keep the float64 working set near BLOCK_BYTES)."""
     parsed = [parse(m, layout) for m in messages]
     dim = layout_size(layout)
     out = np.empty((len(parsed), dim), dtype=np.float32)
@@ -297,25 +300,28 @@ def decode_batch(messages: Sequence[bytes], layout: Layout) -> DecodedBatch:
     groups: dict[tuple[bytes, ...], list[int]] = {}
     for i, (_, stages, _) in enumerate(parsed):
         groups.setdefault(tuple(bytes([s.code]) + s.params() for s in stages), []).append(i)
-    for rows in groups.values():
-        stages = parsed[rows[0]][1]
-        parts = [parsed[i][2] for i in rows]
-        batch = Batch(
-            dim,
-            np.concatenate([p.shared_seeds for p in parts]),
-            np.zeros(len(rows), dtype=np.uint64),
-            values=_stack([p.values for p in parts]),
-            indices=_stack([p.indices for p in parts]),
-            codes=_stack([p.codes for p in parts]),
-            lo=_stack([p.lo for p in parts]),
-            scale=_stack([p.scale for p in parts]),
-            within_clip=_stack([p.within_clip for p in parts]),
-        )
-        deltas, ups = _finish(parsed[rows[0]][0], stages, batch)
-        for j, i in enumerate(rows):
-            out[i] = deltas[j]
-            ups[j].header = parsed[i][0]
-            updates[i] = ups[j]
+    block = max(1, BLOCK_BYTES // (8 * dim))
+    for group in groups.values():
+        for start in range(0, len(group), block):
+            rows = group[start : start + block]
+            stages = parsed[rows[0]][1]
+            parts = [parsed[i][2] for i in rows]
+            batch = Batch(
+                dim,
+                np.concatenate([p.shared_seeds for p in parts]),
+                np.zeros(len(rows), dtype=np.uint64),
+                values=_stack([p.values for p in parts]),
+                indices=_stack([p.indices for p in parts]),
+                codes=_stack([p.codes for p in parts]),
+                lo=_stack([p.lo for p in parts]),
+                scale=_stack([p.scale for p in parts]),
+                within_clip=_stack([p.within_clip for p in parts]),
+            )
+            deltas, ups = _finish(parsed[rows[0]][0], stages, batch)
+            for j, i in enumerate(rows):
+                out[i] = deltas[j]
+                ups[j].header = parsed[i][0]
+                updates[i] = ups[j]
     if any(u is None for u in updates):
         raise StageError("internal: a message was not decoded")
     return DecodedBatch(out, [u for u in updates if u is not None])

@@ -224,7 +224,7 @@ def parse(message: bytes, layout: Layout) -> tuple[UpdateHeader, list[Stage], Ba
         values = np.frombuffer(cur.take(4 * m, "values"), dtype="<f4")
         if not np.isfinite(values).all():
             raise InvalidValueError("a value is NaN or infinite")
-        batch.values = values.astype(np.float64)[None, :]
+        batch.values = values[None, :]  # float32 view; the pipeline widens it to binary64 block by block
     if cur.remaining():
         raise TrailingBytesError(f"{cur.remaining()} bytes left after the value section")
     return header, stages, batch
