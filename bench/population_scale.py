@@ -18,7 +18,7 @@ import time
 import tracemalloc
 
 from fedkey.device_sim.population import Population
-from fedkey.device_sim.sampling import sample_uniform
+from fedkey.server.sampling import sample_uniform
 
 N_REAL_USERS = 628  # chitchat users with >= 20 messages (field notes)
 MODEL_BYTES = 1.4e6 * 4  # a 1.4M-parameter model in fp32, downloaded

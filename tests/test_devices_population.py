@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fedkey.device_sim.config import PopulationConfig
 from fedkey.device_sim.population import Population
-from fedkey.device_sim.sampling import sample_uniform
+from fedkey.server.sampling import sample_uniform
 
 
 def test_default_size_is_one_phone_per_real_user_and_real_phones_are_their_users():

@@ -6,7 +6,7 @@ draws ``ceil(target * over_selection)`` distinct phones uniformly among the cand
 phones eligible now). ``sample_poisson`` includes every candidate independently with probability
 ``rate``: the sampling that DP-FedAvg's privacy amplification assumes (McMahan et al. 2018). Both are
 deterministic functions of (seed, round, candidates) and cost memory proportional to the candidates.
-This module uses numpy only and nothing else from ``device_sim``.
+A server decision (which phones take part), so it lives in ``server``; numpy only.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Cohort sampling statistics: uniform with over-selection, Poisson (device_sim/sampling.py)."""
+"""Cohort sampling statistics: uniform with over-selection, Poisson (server/sampling.py)."""
 
 import numpy as np
 import pytest
-from fedkey.device_sim.sampling import over_selected, sample_poisson, sample_uniform
+from fedkey.server.sampling import over_selected, sample_poisson, sample_uniform
 
 
 def test_over_selection_default_is_130_percent():
