@@ -39,14 +39,18 @@ def _unflatten(flat: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, Te
 
 
 def mean_loss(flat: Tensor, tokens: Tensor, targets: Tensor, mask: Tensor,
-              shapes: dict[str, tuple[int, ...]]) -> Tensor:
-    """Mean NLL per counted position (mask = 1) of a batch of fixed-length sequences, from zero state."""
+              shapes: dict[str, tuple[int, ...]], chunk: int | None = None) -> Tensor:
+    """Mean NLL per counted position (mask = 1) of a batch of fixed-length sequences, from zero state.
+
+    `chunk` is `masked_nll`'s row chunk: None (all rows at once) for traced graphs; eager callers
+    (the simulator's batched phones) pass a chunk size for the cache-friendly softmax.
+    """
     params = _unflatten(flat, shapes)
     batch = tokens.shape[0]
     e, h = shapes["w_proj"][1], shapes["w_proj"][0]
     state = (flat.new_zeros(batch, e), flat.new_zeros(batch, h))
     out, _ = hidden_states(params, tokens, state)
-    total = masked_nll(params, out, targets, mask, chunk=None)
+    total = masked_nll(params, out, targets, mask, chunk=chunk)
     return total / torch.clamp(mask.sum(), min=1.0)
 
 
