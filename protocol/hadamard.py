@@ -27,14 +27,16 @@ def padded_length(m: int, block: int) -> int:
 def fwht_blocks(x: np.ndarray, block: int) -> np.ndarray:
     """Unnormalised Walsh–Hadamard transform of each length-`block` block of the rows of x (float64)."""
     n, length = x.shape
-    y = x.reshape(n * (length // block), block).copy()
+    y = np.array(x, dtype=np.float64).reshape(n * (length // block), block)
+    diff = np.empty((y.shape[0], block // 2))
     h = 1
     while h < block:
         v = y.reshape(y.shape[0], block // (2 * h), 2, h)
-        a = v[:, :, 0, :].copy()
-        b = v[:, :, 1, :]
-        v[:, :, 0, :] += b
-        v[:, :, 1, :] = a - b
+        a, b = v[:, :, 0, :], v[:, :, 1, :]
+        d = diff.reshape(y.shape[0], block // (2 * h), h)
+        np.subtract(a, b, out=d)
+        a += b
+        b[...] = d
         h *= 2
     return y.reshape(n, length)
 

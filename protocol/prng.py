@@ -36,11 +36,16 @@ STREAM_PRIVATE = 6  # simulator: private seed of (run seed, phone, round)
 
 def mix64(z: np.ndarray | int) -> np.ndarray:
     """The SplitMix64 finaliser, elementwise on uint64."""
-    z = np.asarray(z, dtype=np.uint64)
+    z = np.array(z, dtype=np.uint64)  # a fresh copy: the steps below work in place
+    tmp = np.empty_like(z)
     with np.errstate(over="ignore"):  # wrap-around mod 2^64 is the definition
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+        for shift, mult in ((30, _M1), (27, _M2)):
+            np.right_shift(z, np.uint64(shift), out=tmp)
+            np.bitwise_xor(z, tmp, out=z)
+            np.multiply(z, mult, out=z)
+        np.right_shift(z, np.uint64(31), out=tmp)
+        np.bitwise_xor(z, tmp, out=z)
+    return z
 
 
 def derive(keys: np.ndarray | int, value: np.ndarray | int) -> np.ndarray:
@@ -53,7 +58,8 @@ def stream(keys: np.ndarray, start: int, count: int) -> np.ndarray:
     keys = np.asarray(keys, dtype=np.uint64).reshape(-1, 1)
     j = np.arange(start + 1, start + count + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return mix64(keys + j * GOLDEN)
+        z = keys + j * GOLDEN
+    return mix64(z)
 
 
 def to_uniform(r: np.ndarray) -> np.ndarray:

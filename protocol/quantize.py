@@ -55,27 +55,43 @@ def chunk_ranges(x: np.ndarray, chunk: int, bits: int) -> tuple[np.ndarray, np.n
     return lo, scale
 
 
+def _chunked(x: np.ndarray, chunk: int) -> np.ndarray:
+    """View (or zero-padded copy) of rows [n, m] as [n, chunks, chunk]."""
+    n, m = x.shape
+    k = num_chunks(m, chunk)
+    if k * chunk == m:
+        return x.reshape(n, k, chunk)
+    padded = np.zeros((n, k * chunk), dtype=x.dtype)
+    padded[:, :m] = x
+    return padded.reshape(n, k, chunk)
+
+
 def quantize(
     x: np.ndarray, private_seeds: np.ndarray, bits: int, chunk: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantize float64 rows [n, m]; returns (codes uint8 [n, m], lo f32 [n, k], scale f32 [n, k])."""
-    m = x.shape[1]
+    n, m = x.shape
     lo, scale = chunk_ranges(x, chunk, bits)
-    idx = np.arange(m) // chunk
-    lo_e = lo.astype(np.float64)[:, idx]
-    s_e = scale.astype(np.float64)[:, idx]
+    lo64 = lo.astype(np.float64)[:, :, None]
+    s64 = scale.astype(np.float64)[:, :, None]
+    t = _chunked(x, chunk) - lo64
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(s_e > 0, (x - lo_e) / s_e, 0.0)
-    u = to_uniform(stream(derive(private_seeds, STREAM_ROUNDING), 0, m))
-    q = np.floor(t + u)
-    np.clip(q, 0, (1 << bits) - 1, out=q)
-    return q.astype(np.uint8), lo, scale
+        np.divide(t, s64, out=t)
+    t[np.broadcast_to(s64 == 0, t.shape)] = 0.0
+    t = t.reshape(n, -1)[:, :m]
+    t += to_uniform(stream(derive(private_seeds, STREAM_ROUNDING), 0, m))
+    np.floor(t, out=t)
+    np.clip(t, 0, (1 << bits) - 1, out=t)
+    return t.astype(np.uint8), lo, scale
 
 
 def dequantize(codes: np.ndarray, lo: np.ndarray, scale: np.ndarray, chunk: int) -> np.ndarray:
     """lo + q·s per chunk, binary64 [n, m]."""
-    idx = np.arange(codes.shape[1]) // chunk
-    return lo.astype(np.float64)[:, idx] + codes.astype(np.float64) * scale.astype(np.float64)[:, idx]
+    n, m = codes.shape
+    q = _chunked(codes, chunk).astype(np.float64)
+    q *= scale.astype(np.float64)[:, :, None]
+    q += lo.astype(np.float64)[:, :, None]
+    return q.reshape(n, -1)[:, :m]
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
