@@ -63,9 +63,7 @@ class RoundSpec:
         elif self.sampling == "fixed":
             m, n = self.cohort_size, self.population
             if m is None or n is None or not (0 < m <= n):
-                raise PrivacyConfigError(
-                    f"fixed-size sampling needs 0 < cohort_size <= population, got {m}, {n}"
-                )
+                raise PrivacyConfigError(f"fixed-size sampling needs 0 < cohort_size <= population, got {m}, {n}")
         else:
             raise PrivacyConfigError(f"sampling must be 'poisson' or 'fixed', got {self.sampling!r}")
 
@@ -111,9 +109,7 @@ def epsilon_of(rounds: list[tuple[RoundSpec, int]], delta: float, kind: Accounta
         return 0.0
     samplings = {spec.sampling for spec, _ in rounds}
     if len(samplings) > 1:
-        raise PrivacyConfigError(
-            "one run cannot mix Poisson and fixed-size rounds (different neighbouring relations)"
-        )
+        raise PrivacyConfigError("one run cannot mix Poisson and fixed-size rounds (different neighbouring relations)")
     acc = make_accountant(kind, samplings.pop())
     for spec, count in rounds:
         acc.compose(spec.event(), count)
@@ -165,9 +161,7 @@ class CentralDpAccountant:
 
     def event(self) -> dp_accounting.DpEvent:
         """All recorded rounds as one composed dp-accounting event."""
-        return dp_accounting.ComposedDpEvent(
-            [dp_accounting.SelfComposedDpEvent(s.event(), c) for s, c in self._rounds]
-        )
+        return dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(s.event(), c) for s, c in self._rounds])
 
     def epsilon(self, delta: float | None = None) -> float:
         """ε at δ (default: the accountant's δ) of everything recorded."""
@@ -274,15 +268,11 @@ def noise_multiplier_for(
     RoundSpec(1.0, sampling, sampling_rate, cohort_size, population)  # validates the sampling fields
     lowest = MIN_SEARCHED_NOISE_MULTIPLIER[kind]
     if (
-        epsilon_of(
-            [(RoundSpec(lowest, sampling, sampling_rate, cohort_size, population), rounds)], delta, kind
-        )
+        epsilon_of([(RoundSpec(lowest, sampling, sampling_rate, cohort_size, population), rounds)], delta, kind)
         <= target_epsilon
     ):
         return lowest
-    bracket: dp_accounting.mechanism_calibration.BracketInterval = dp_accounting.LowerEndpointAndGuess(
-        lowest, 1.0
-    )
+    bracket: dp_accounting.mechanism_calibration.BracketInterval = dp_accounting.LowerEndpointAndGuess(lowest, 1.0)
     if kind == "pld":
         # RDP needs at least as much noise as PLD: its answer is the top of the bracket.
         upper = noise_multiplier_for(

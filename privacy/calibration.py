@@ -51,9 +51,7 @@ def gaussian_epsilon(sigma: float, delta: float, sensitivity: float = 1.0) -> fl
         hi *= 2.0
         if hi > 1e6:
             raise PrivacyConfigError(f"sigma={sigma} gives no useful epsilon at delta={delta}")
-    return float(
-        optimize.brentq(lambda e: gaussian_delta(sigma, e, sensitivity) - delta, 0.0, hi, xtol=1e-12)
-    )
+    return float(optimize.brentq(lambda e: gaussian_delta(sigma, e, sensitivity) - delta, 0.0, hi, xtol=1e-12))
 
 
 def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1.0) -> float:

@@ -117,12 +117,8 @@ class AdaptiveClipState:
         if bits.size == 0:
             return self.clip_norm
         noisy_count = (
-            bits.sum() + rng.normal(0.0, self.count_noise_multiplier)
-            if self.count_noise_multiplier > 0
-            else bits.sum()
+            bits.sum() + rng.normal(0.0, self.count_noise_multiplier) if self.count_noise_multiplier > 0 else bits.sum()
         )
         fraction = noisy_count / bits.size
-        self.clip_norm = float(
-            self.clip_norm * math.exp(-self.learning_rate * (fraction - self.target_quantile))
-        )
+        self.clip_norm = float(self.clip_norm * math.exp(-self.learning_rate * (fraction - self.target_quantile)))
         return self.clip_norm

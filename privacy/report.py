@@ -45,23 +45,27 @@ def local_section(mech: LocalMechanism, clip_norm: float, cfg: LocalAccountingCo
     else:
         section["calibration"] = {"method": "Laplace mechanism, b = Δ₁/ε", "scale": mech.scale}
     for n in cfg.participations:
-        eps = epsilon_of_reports(
-            Counter({(mech.mechanism, mech.noise_multiplier): n}), cfg.delta, cfg.accountant
-        )
+        eps = epsilon_of_reports(Counter({(mech.mechanism, mech.noise_multiplier): n}), cfg.delta, cfg.accountant)
         section["per_device"].append({"participations": n, "epsilon": eps, "delta": cfg.delta})
     if cfg.reports_per_round is not None:
-        section["shuffled"] = shuffle_section(mech, cfg)
+        section["shuffled"] = shuffle_section(mech, cfg, section["per_device"])
     return section
 
 
-def shuffle_section(mech: LocalMechanism, cfg: LocalAccountingConfig) -> dict[str, Any]:
-    """Central-equivalent ε of one round of shuffled reports, and over N rounds (advanced composition)."""
+def shuffle_section(
+    mech: LocalMechanism, cfg: LocalAccountingConfig, per_device: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Central-equivalent ε of shuffled reports: one round, and over N rounds (advanced composition).
+
+    Shuffling is post-processing of the local reports, so the local ε is always a valid bound too;
+    each row states the smaller one and which bound gave it ("shuffle" or "local").
+    """
     n = cfg.reports_per_round
     assert n is not None
     out: dict[str, Any] = {
         "reports_per_round": n,
         "delta": cfg.delta,
-        "method": "Feldman, McMillan & Talwar 2021 (numerical clone bound)",
+        "method": "Feldman, McMillan & Talwar 2021 numerical clone bound; advanced composition over rounds",
         "over_participations": [],
     }
 
@@ -70,17 +74,25 @@ def shuffle_section(mech: LocalMechanism, cfg: LocalAccountingConfig) -> dict[st
             return gaussian_shuffle_epsilon(mech.noise_multiplier, n, delta)[0]
         return shuffle_epsilon(mech.epsilon, n, delta)
 
-    out["epsilon_per_round"] = one_round(cfg.delta)
     if mech.mechanism == "laplace":
         out["closed_form_epsilon_per_round"] = shuffle_epsilon_closed_form(mech.epsilon, n, cfg.delta)
-    for k in cfg.participations:
+    for k, local in zip(cfg.participations, per_device, strict=True):
         if k == 1:
-            eps_total = out["epsilon_per_round"]
+            eps_shuffle = one_round(cfg.delta)
         else:
             # Split δ: half over the k rounds' own δ, half as the advanced-composition slack.
             eps_r = one_round(cfg.delta / (2 * k))
-            eps_total, _ = compose_epsilon_delta(eps_r, cfg.delta / (2 * k), k, cfg.delta / 2)
-        out["over_participations"].append({"participations": k, "epsilon": eps_total, "delta": cfg.delta})
+            eps_shuffle, _ = compose_epsilon_delta(eps_r, cfg.delta / (2 * k), k, cfg.delta / 2)
+        best = min(eps_shuffle, local["epsilon"])
+        out["over_participations"].append(
+            {
+                "participations": k,
+                "epsilon": best,
+                "delta": cfg.delta,
+                "shuffle_bound": eps_shuffle,
+                "bound": "shuffle" if eps_shuffle <= local["epsilon"] else "local",
+            }
+        )
     return out
 
 
@@ -103,9 +115,7 @@ def central_section(cfg: CentralDpConfig) -> dict[str, Any]:
         "target_epsilon": cfg.target_epsilon,
     }
     if cfg.target_epsilon is not None:
-        section["rounds_allowed_by_budget"] = rounds_allowed(
-            spec, cfg.target_epsilon, cfg.delta, cfg.accountant
-        )
+        section["rounds_allowed_by_budget"] = rounds_allowed(spec, cfg.target_epsilon, cfg.delta, cfg.accountant)
         section["noise_multiplier_for_target"] = noise_multiplier_for(
             cfg.target_epsilon,
             cfg.delta,
@@ -131,9 +141,7 @@ def build_report(
     report: dict[str, Any] = {"pipeline": pipeline or [], "local_dp": None, "central_dp": None}
     if local is not None:
         assert local_clip_norm is not None
-        report["local_dp"] = local_section(
-            local, local_clip_norm, local_accounting or LocalAccountingConfig()
-        )
+        report["local_dp"] = local_section(local, local_clip_norm, local_accounting or LocalAccountingConfig())
     if central is not None:
         report["central_dp"] = central_section(central)
         report["epsilon"], report["delta"] = report["central_dp"]["epsilon"], central.delta
@@ -178,26 +186,23 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"- calibration: {cal['method']}: σ = {_fmt(cal['sigma'])} gives δ(ε) = "
                 f"{_fmt(cal['delta_at_sigma'])}; the classic bound would need "
-                f"σ = {_fmt(cal['classic_sigma'])}"
-                + ("" if cal["classic_valid"] else " (and is not valid for ε ≥ 1)")
+                f"σ = {_fmt(cal['classic_sigma'])}" + ("" if cal["classic_valid"] else " (and is not valid for ε ≥ 1)")
             )
         lines += ["", "| reports by one phone | ε | δ |", "|---:|---:|---:|"]
-        lines += [
-            f"| {r['participations']} | {_fmt(r['epsilon'])} | {_fmt(r['delta'])} |"
-            for r in local["per_device"]
-        ]
+        lines += [f"| {r['participations']} | {_fmt(r['epsilon'])} | {_fmt(r['delta'])} |" for r in local["per_device"]]
         lines.append("")
         shuf = local.get("shuffled")
         if shuf:
             lines += [
-                f"Shuffled with {shuf['reports_per_round']} reports per round ({shuf['method']}): "
-                f"ε = {_fmt(shuf['epsilon_per_round'])} per round at δ = {_fmt(shuf['delta'])}.",
+                f"Shuffled with {shuf['reports_per_round']} reports per round ({shuf['method']}); "
+                "ε is the smaller of the shuffle bound and the local bound:",
                 "",
-                "| rounds one phone reports in | shuffled ε | δ |",
-                "|---:|---:|---:|",
+                "| rounds one phone reports in | ε | δ | shuffle bound | bound used |",
+                "|---:|---:|---:|---:|---|",
             ]
             lines += [
-                f"| {r['participations']} | {_fmt(r['epsilon'])} | {_fmt(r['delta'])} |"
+                f"| {r['participations']} | {_fmt(r['epsilon'])} | {_fmt(r['delta'])} | "
+                f"{_fmt(r['shuffle_bound'])} | {r['bound']} |"
                 for r in shuf["over_participations"]
             ]
             lines.append("")
@@ -215,8 +220,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"clip C = {_fmt(central['clip_norm'])}, "
             f"noise std on the sum = {_fmt(central['noise_std_on_sum'])}",
             f"- sampling: {sampling}; accountant: {central['accountant']} (dp-accounting)",
-            f"- after {central['rounds']} rounds: "
-            f"**ε = {_fmt(central['epsilon'])} at δ = {_fmt(central['delta'])}**",
+            f"- after {central['rounds']} rounds: **ε = {_fmt(central['epsilon'])} at δ = {_fmt(central['delta'])}**",
         ]
         if central.get("target_epsilon") is not None:
             z = _fmt(central["noise_multiplier"])

@@ -83,9 +83,7 @@ def shuffle_epsilon_closed_form(epsilon0: float, n: int, delta: float) -> float 
     return math.log1p((e0 - 1.0) / (e0 + 1.0) * inner)
 
 
-def gaussian_shuffle_epsilon(
-    sigma_over_sensitivity: float, n: int, delta: float
-) -> tuple[float, float, float]:
+def gaussian_shuffle_epsilon(sigma_over_sensitivity: float, n: int, delta: float) -> tuple[float, float, float]:
     """Shuffled ε at δ for n Gaussian local reports with noise multiplier σ/Δ.
 
     Returns (ε, ε₀, δ₀): half of δ covers the n·δ₀ term of FMT21 Thm 3.8, half the shuffle bound.
@@ -114,9 +112,7 @@ def compose_epsilon_delta(epsilon: float, delta: float, k: int, delta_slack: flo
     if k <= 0:
         return 0.0, 0.0
     basic = (k * epsilon, k * delta)
-    advanced_eps = epsilon * math.sqrt(2.0 * k * math.log(1.0 / delta_slack)) + k * epsilon * math.expm1(
-        epsilon
-    )
+    advanced_eps = epsilon * math.sqrt(2.0 * k * math.log(1.0 / delta_slack)) + k * epsilon * math.expm1(epsilon)
     if advanced_eps < basic[0]:
         return advanced_eps, k * delta + delta_slack
     return basic

@@ -82,7 +82,9 @@ reports_per_round = 1000
     assert local["calibration"]["delta_at_sigma"] <= 1e-6
     assert local["per_device"][0]["epsilon"] == pytest.approx(2.0, rel=0.01)
     assert local["per_device"][1]["epsilon"] > local["per_device"][0]["epsilon"]
-    assert 0 < local["shuffled"]["epsilon_per_round"] <= 2.0
+    shuffled = local["shuffled"]["over_participations"]
+    assert 0 < shuffled[0]["epsilon"] <= local["per_device"][0]["epsilon"]
+    assert shuffled[1]["bound"] in ("shuffle", "local")
     assert out["central_dp"]["sampling"] == "fixed" and out["epsilon"] == out["central_dp"]["epsilon"]
     md = (tmp_path / "rep" / "privacy_report.md").read_text()
     assert "analytic Gaussian" in md and "δ" in md
