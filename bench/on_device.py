@@ -1,7 +1,8 @@
 """On-device bundle benchmark: sizes, per-token latency, train-step latency and memory, K-step local update.
 
-For the default and small presets it builds a bundle (``export_bundle``) from a briefly trained model
-(or from ``--checkpoint`` for the preset of that checkpoint), then measures on one thread, side by side:
+For the default and small presets (``--quick``: default only) it builds a bundle (``export_bundle``) from a
+briefly trained model (or from ``--checkpoint`` for that checkpoint's preset), then measures on one thread,
+side by side:
 
     file sizes            predict.onnx / predict.int8.onnx / train graphs / weights.bin
     int8 vs fp32          top-1 agreement and next-piece accuracy on held-out users' chitchat messages
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+
 from fedkey.models.bundle import export_bundle
 from fedkey.models.checkpoint import Checkpoint
 from fedkey.models.cifg_lstm import CifgLstm, ModelConfig
@@ -47,6 +49,7 @@ MB = 1_000_000
 
 @dataclass(frozen=True)
 class Settings:
+    presets: tuple[str, ...]
     seq_len: int
     train_messages: int
     tokenizer_messages: int
@@ -58,12 +61,31 @@ class Settings:
     local_steps: int
 
 
-QUICK = Settings(seq_len=12, train_messages=40_000, tokenizer_messages=30_000,
-                 train_seconds={"default": 8.0, "small": 3.0},
-                 eval_messages=300, latency_tokens=600, step_reps=5, step_batch=16, local_steps=8)
-FULL = Settings(seq_len=20, train_messages=1_000_000, tokenizer_messages=120_000,
-                train_seconds={"default": 60.0, "small": 30.0},
-                eval_messages=2_000, latency_tokens=5_000, step_reps=20, step_batch=16, local_steps=16)
+# Quick: the default preset only (the RESULT line), trained for 20 s so that agreement means something.
+QUICK = Settings(
+    presets=("default",),
+    seq_len=12,
+    train_messages=40_000,
+    tokenizer_messages=30_000,
+    train_seconds={"default": 20.0},
+    eval_messages=300,
+    latency_tokens=600,
+    step_reps=5,
+    step_batch=16,
+    local_steps=8,
+)
+FULL = Settings(
+    presets=("default", "small"),
+    seq_len=20,
+    train_messages=1_000_000,
+    tokenizer_messages=120_000,
+    train_seconds={"default": 60.0, "small": 30.0},
+    eval_messages=2_000,
+    latency_tokens=5_000,
+    step_reps=20,
+    step_batch=16,
+    local_steps=16,
+)
 
 
 def chitchat_by_user() -> dict[str, list[str]]:
@@ -96,7 +118,7 @@ def windows(tok: Tokenizer, messages: list[str], seq_len: int) -> tuple[np.ndarr
     rows = []
     for ids in tok.encode_batch(messages):
         full = [BOS_ID, *ids, EOS_ID]
-        rows.extend(full[s:s + seq_len + 1] for s in range(0, len(full) - 1, seq_len))
+        rows.extend(full[s : s + seq_len + 1] for s in range(0, len(full) - 1, seq_len))
     inputs = np.full((len(rows), seq_len), PAD_ID, np.int64)
     targets = np.full((len(rows), seq_len), PAD_ID, np.int64)
     mask = np.zeros((len(rows), seq_len), np.float32)
@@ -164,8 +186,7 @@ def agreement(bundle_dir: Path, held: tuple[np.ndarray, ...]) -> tuple[float, fl
     fp32 = OnnxPredictor(bundle_dir / "predict.onnx").run_sequences(inputs).argmax(-1)
     int8 = OnnxPredictor(bundle_dir / "predict.int8.onnx").run_sequences(inputs).argmax(-1)
     on = mask > 0
-    return (float((fp32 == int8)[on].mean()), float((fp32 == targets)[on].mean()),
-            float((int8 == targets)[on].mean()))
+    return (float((fp32 == int8)[on].mean()), float((fp32 == targets)[on].mean()), float((int8 == targets)[on].mean()))
 
 
 def token_latency(path: Path, tokens: np.ndarray) -> tuple[float, float]:
@@ -184,8 +205,14 @@ def token_latency(path: Path, tokens: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
-def bench_preset(preset: str, ckpt: Checkpoint, out: Path, held: tuple[np.ndarray, ...],
-                 train_rows: tuple[np.ndarray, ...], s: Settings) -> dict[str, float]:
+def bench_preset(
+    preset: str,
+    ckpt: Checkpoint,
+    out: Path,
+    held: tuple[np.ndarray, ...],
+    train_rows: tuple[np.ndarray, ...],
+    s: Settings,
+) -> dict[str, float]:
     t0 = time.perf_counter()
     export_bundle(ckpt, out, overwrite=True)
     export_s = time.perf_counter() - t0
@@ -198,8 +225,14 @@ def bench_preset(preset: str, ckpt: Checkpoint, out: Path, held: tuple[np.ndarra
 
     rows = slice(0, s.step_batch)
     batch = tuple(a[rows] for a in train_rows)
-    feeds = {"weights": bundle.weights, "tokens": batch[0], "targets": batch[1], "mask": batch[2],
-             "lr": np.array(0.1, np.float32), "clip": np.array(1.0, np.float32)}
+    feeds = {
+        "weights": bundle.weights,
+        "tokens": batch[0],
+        "targets": batch[1],
+        "mask": batch[2],
+        "lr": np.array(0.1, np.float32),
+        "clip": np.array(1.0, np.float32),
+    }
     with PeakRss() as onnx_mem:
         session = make_session(out / "train_step.onnx")
         onnx_ms = median_ms(lambda: session.run(None, feeds), s.step_reps)
@@ -230,27 +263,37 @@ def bench_preset(preset: str, ckpt: Checkpoint, out: Path, held: tuple[np.ndarra
     local_torch_ms = median_ms(lambda: local_update_torch(config, bundle.weights, phone, **kwargs), 2)
 
     m = bundle.manifest
-    print(f"\n== preset {preset}: {m.model.num_parameters:,} parameters, vocab {m.model.vocab_size}, "
-          f"seq_len {m.seq_len} (export {export_s:.1f} s)")
+    print(
+        f"\n== preset {preset}: {m.model.num_parameters:,} parameters, vocab {m.model.vocab_size}, "
+        f"seq_len {m.seq_len} (export {export_s:.1f} s)"
+    )
     print("  files (MB):  " + "  ".join(f"{n} {v:.3f}" for n, v in size.items()))
-    print(f"  held-out next piece: top-1 fp32 {acc32:.4f}  int8 {acc8:.4f}  int8/fp32 agreement {top1:.4f} "
-          f"({int((held[2] > 0).sum()):,} positions)")
-    print(f"  per token, 1 thread: fp32 p50 {p50_32:.3f} ms p95 {p95_32:.3f} ms | "
-          f"int8 p50 {p50_8:.3f} ms p95 {p95_8:.3f} ms")
-    print(f"  train step, batch {s.step_batch}x{bundle.manifest.seq_len}, 1 thread: onnx {onnx_ms:.2f} ms "
-          f"(peak RSS +{onnx_mem.growth_mb:.1f} MB) | torch eager autograd {torch_ms:.2f} ms "
-          f"(peak RSS +{torch_mem.growth_mb:.1f} MB) | torch.func step {func_ms:.2f} ms")
-    print(f"  local update, K={s.local_steps} over {phone.tokens.shape[0]} batches: "
-          f"onnx {local_onnx_ms:.1f} ms | torch {local_torch_ms:.1f} ms")
-    return {"int8_mb": size["predict.int8.onnx"], "top1": top1, "p95": p95_8,
-            "ratio": onnx_ms / min(torch_ms, func_ms)}
+    print(
+        f"  held-out next piece: top-1 fp32 {acc32:.4f}  int8 {acc8:.4f}  int8/fp32 agreement {top1:.4f} "
+        f"({int((held[2] > 0).sum()):,} positions)"
+    )
+    print(
+        f"  per token, 1 thread: fp32 p50 {p50_32:.3f} ms p95 {p95_32:.3f} ms | "
+        f"int8 p50 {p50_8:.3f} ms p95 {p95_8:.3f} ms"
+    )
+    print(
+        f"  train step, batch {s.step_batch}x{bundle.manifest.seq_len}, 1 thread: onnx {onnx_ms:.2f} ms "
+        f"(peak RSS +{onnx_mem.growth_mb:.1f} MB) | torch eager autograd {torch_ms:.2f} ms "
+        f"(peak RSS +{torch_mem.growth_mb:.1f} MB) | torch.func step {func_ms:.2f} ms"
+    )
+    print(
+        f"  local update, K={s.local_steps} over {phone.tokens.shape[0]} batches: "
+        f"onnx {local_onnx_ms:.1f} ms | torch {local_torch_ms:.1f} ms"
+    )
+    return {"int8_mb": size["predict.int8.onnx"], "top1": top1, "p95": p95_8, "ratio": onnx_ms / min(torch_ms, func_ms)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short training and fewer repetitions (< 1 min)")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="use this checkpoint (and its tokenizer and seq_len) for its preset")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="use this checkpoint (and its tokenizer and seq_len) for its preset"
+    )
     parser.add_argument("--out", type=Path, help="keep the bundles here (default: a temporary directory)")
     args = parser.parse_args()
     s = QUICK if args.quick else FULL
@@ -268,11 +311,13 @@ def main() -> None:
         tok, seq_len = train_tokenizer(train_msgs[: s.tokenizer_messages], vocab_size=8192), s.seq_len
     train_rows = windows(tok, train_msgs, seq_len)
     held = windows(tok, held_msgs[: s.eval_messages], seq_len)
-    print(f"chitchat: {len(train_msgs):,} train / {len(held_msgs):,} held-out messages; "
-          f"tokenizer {tok.vocab_size} pieces ({time.perf_counter() - started:.1f} s)")
+    print(
+        f"chitchat: {len(train_msgs):,} train / {len(held_msgs):,} held-out messages; "
+        f"tokenizer {tok.vocab_size} pieces ({time.perf_counter() - started:.1f} s)"
+    )
     root = args.out or Path(tempfile.mkdtemp(prefix="fedkey-bench-"))
     results = {}
-    for preset in ("default", "small"):
+    for preset in s.presets:
         config = ModelConfig(preset=preset, vocab_size=tok.vocab_size).resolved()
         if ckpt is not None and ckpt.model.config == config:
             preset_ckpt = ckpt
@@ -284,8 +329,10 @@ def main() -> None:
         results[preset] = bench_preset(preset, preset_ckpt, root / preset, held, train_rows, s)
     print(f"\ntotal {time.perf_counter() - started:.1f} s; bundles in {root}")
     d = results["default"]
-    print(f"RESULT predict_int8_mb={d['int8_mb']:.3f} top1_agreement={d['top1']:.4f} "
-          f"token_p95_ms={d['p95']:.3f} step_onnx_over_torch={d['ratio']:.2f}")
+    print(
+        f"RESULT predict_int8_mb={d['int8_mb']:.3f} top1_agreement={d['top1']:.4f} "
+        f"token_p95_ms={d['p95']:.3f} step_onnx_over_torch={d['ratio']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,15 @@ from fedkey.models.manifest import BundleError
 def export_command(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="fedkey checkpoint file (.pt) to export")],
     out: Annotated[Path, typer.Option("--out", help="bundle directory to create (see docs/artifacts.md)")],
-    force: Annotated[bool, typer.Option(
-        "--force", help="replace OUT if it is an existing bundle or an empty directory")] = False,
-    reuse_graphs_from: Annotated[Path | None, typer.Option(
-        "--reuse-graphs-from",
-        help="earlier bundle of the same model shape: copy its training graphs, do not trace")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace OUT if it is an existing bundle or an empty directory")
+    ] = False,
+    reuse_graphs_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--reuse-graphs-from", help="earlier bundle of the same model shape: copy its training graphs, do not trace"
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads used while exporting")] = 2,
 ) -> None:
     """Export CHECKPOINT as an on-device bundle: predict(.int8).onnx, train_step.onnx, local_update.onnx,

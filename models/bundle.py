@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
+
 from fedkey.models.checkpoint import Checkpoint
 from fedkey.models.manifest import (
     FORMAT_VERSION,
@@ -39,8 +40,7 @@ from fedkey.models.manifest import (
 from fedkey.models.onnx_predict import build_predict, quantize_predict
 from fedkey.models.onnx_train import OPSET, export_train_graphs
 
-_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64",
-                onnx.TensorProto.BOOL: "bool"}
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool"}
 
 
 def _tensor_specs(values: list[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:
@@ -55,8 +55,9 @@ def _tensor_specs(values: list[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:
 def graph_spec(path: Path) -> GraphSpec:
     """Inputs and outputs of an ONNX file as recorded in the manifest."""
     model = onnx.load(path, load_external_data=False)
-    return GraphSpec(file=path.name, inputs=_tensor_specs(list(model.graph.input)),
-                     outputs=_tensor_specs(list(model.graph.output)))
+    return GraphSpec(
+        file=path.name, inputs=_tensor_specs(list(model.graph.input)), outputs=_tensor_specs(list(model.graph.output))
+    )
 
 
 def _reusable_train_graphs(source: Path, manifest: Manifest) -> bool:
@@ -65,11 +66,16 @@ def _reusable_train_graphs(source: Path, manifest: Manifest) -> bool:
     except BundleError:
         return False
     return (old.model, old.seq_len, old.opset, old.format_version) == (
-        manifest.model, manifest.seq_len, manifest.opset, manifest.format_version)
+        manifest.model,
+        manifest.seq_len,
+        manifest.opset,
+        manifest.format_version,
+    )
 
 
-def export_bundle(checkpoint: Checkpoint, out_dir: str | Path, *, overwrite: bool = False,
-                  reuse_graphs_from: str | Path | None = None) -> Manifest:
+def export_bundle(
+    checkpoint: Checkpoint, out_dir: str | Path, *, overwrite: bool = False, reuse_graphs_from: str | Path | None = None
+) -> Manifest:
     """Write the bundle for `checkpoint` into `out_dir` and return its manifest.
 
     `out_dir` must not exist unless `overwrite` is set, in which case it must be an existing bundle or
@@ -84,9 +90,7 @@ def export_bundle(checkpoint: Checkpoint, out_dir: str | Path, *, overwrite: boo
     config = checkpoint.model.config.resolved()
     assert config.embed_dim is not None and config.hidden_dim is not None
     if checkpoint.tokenizer.vocab_size != config.vocab_size:
-        raise BundleError(
-            f"tokenizer has {checkpoint.tokenizer.vocab_size} pieces, the model {config.vocab_size}"
-        )
+        raise BundleError(f"tokenizer has {checkpoint.tokenizer.vocab_size} pieces, the model {config.vocab_size}")
     layout = param_layout(config)
     params = checkpoint.model.param_dict()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +103,12 @@ def export_bundle(checkpoint: Checkpoint, out_dir: str | Path, *, overwrite: boo
         draft = Manifest(
             format_version=FORMAT_VERSION,
             model_version=checkpoint.model_version,
-            model=ModelShape(vocab_size=config.vocab_size, embed_dim=config.embed_dim,
-                             hidden_dim=config.hidden_dim, num_parameters=config.num_parameters()),
+            model=ModelShape(
+                vocab_size=config.vocab_size,
+                embed_dim=config.embed_dim,
+                hidden_dim=config.hidden_dim,
+                num_parameters=config.num_parameters(),
+            ),
             parameters=layout,
             seq_len=checkpoint.seq_len,
             opset=OPSET,
@@ -113,9 +121,17 @@ def export_bundle(checkpoint: Checkpoint, out_dir: str | Path, *, overwrite: boo
         else:
             export_train_graphs(config, checkpoint.seq_len, tmp / TRAIN_STEP_FILE, tmp / LOCAL_UPDATE_FILE)
         graphs = {role: graph_spec(tmp / name) for role, name in GRAPH_FILES.items()}
-        files = {name: file_entry(tmp / name) for name in
-                 (PREDICT_FILE, PREDICT_INT8_FILE, TRAIN_STEP_FILE, LOCAL_UPDATE_FILE, WEIGHTS_FILE,
-                  TOKENIZER_FILE)}
+        files = {
+            name: file_entry(tmp / name)
+            for name in (
+                PREDICT_FILE,
+                PREDICT_INT8_FILE,
+                TRAIN_STEP_FILE,
+                LOCAL_UPDATE_FILE,
+                WEIGHTS_FILE,
+                TOKENIZER_FILE,
+            )
+        }
         manifest = draft.model_copy(update={"graphs": graphs, "files": files})
         (tmp / MANIFEST_FILE).write_text(manifest.to_json())
         load_bundle(tmp, expected_model_version=checkpoint.model_version)

@@ -104,8 +104,7 @@ def output_logits(params: dict[str, Tensor], h: Tensor) -> Tensor:
     return h @ params["embedding"].t() + params["out_bias"]
 
 
-def masked_nll(params: dict[str, Tensor], h: Tensor, targets: Tensor, mask: Tensor,
-               chunk: int | None = 256) -> Tensor:
+def masked_nll(params: dict[str, Tensor], h: Tensor, targets: Tensor, mask: Tensor, chunk: int | None = 256) -> Tensor:
     """Sum of negative log-likelihoods of targets under the tied softmax, over positions where mask = 1.
 
     The [N, V] logits are built `chunk` rows at a time so they stay in cache: on CPU the vocabulary

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig
 from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 FORMAT = "fedkey-bundle"
 FORMAT_VERSION = 1
@@ -146,7 +147,7 @@ def unflatten_weights(flat: np.ndarray, layout: tuple[ParamSpec, ...]) -> dict[s
         raise BundleError(f"flat weights have shape {flat.shape}; the layout needs ({total},)")
     out, start = {}, 0
     for spec in layout:
-        out[spec.name] = flat[start:start + spec.numel].reshape(spec.shape)
+        out[spec.name] = flat[start : start + spec.numel].reshape(spec.shape)
         start += spec.numel
     return out
 

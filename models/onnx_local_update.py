@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 import torch
+
 from fedkey.models.cifg_lstm import ModelConfig
 from fedkey.models.manifest import Bundle
 from fedkey.models.onnx_predict import make_session
@@ -73,14 +74,15 @@ class Batches:
 
 @dataclass(frozen=True)
 class LocalUpdateResult:
-    delta: np.ndarray       # [P] fp32, clipped to delta_clip
-    losses: np.ndarray      # [K] fp32, loss of each step's batch before that step
-    delta_norm: float       # L2 norm of the delta before clipping
+    delta: np.ndarray  # [P] fp32, clipped to delta_clip
+    losses: np.ndarray  # [K] fp32, loss of each step's batch before that step
+    delta_norm: float  # L2 norm of the delta before clipping
 
 
 class LocalUpdater(Protocol):
-    def __call__(self, weights: np.ndarray, batches: Batches, *, steps: int, lr: float, grad_clip: float,
-                 delta_clip: float) -> LocalUpdateResult: ...
+    def __call__(
+        self, weights: np.ndarray, batches: Batches, *, steps: int, lr: float, grad_clip: float, delta_clip: float
+    ) -> LocalUpdateResult: ...
 
 
 def _check(weights: np.ndarray, num_parameters: int, steps: int) -> None:
@@ -92,8 +94,16 @@ def _check(weights: np.ndarray, num_parameters: int, steps: int) -> None:
         raise LocalUpdateError(f"steps must be >= 1, got {steps}")
 
 
-def local_update_torch(config: ModelConfig, weights: np.ndarray, batches: Batches, *, steps: int, lr: float,
-                       grad_clip: float, delta_clip: float) -> LocalUpdateResult:
+def local_update_torch(
+    config: ModelConfig,
+    weights: np.ndarray,
+    batches: Batches,
+    *,
+    steps: int,
+    lr: float,
+    grad_clip: float,
+    delta_clip: float,
+) -> LocalUpdateResult:
     """The reference: the same `sgd_step` the ONNX graphs are traced from, run eagerly in torch."""
     config = config.resolved()
     _check(weights, config.num_parameters(), steps)
@@ -115,24 +125,35 @@ def local_update_torch(config: ModelConfig, weights: np.ndarray, batches: Batche
     return LocalUpdateResult(delta.numpy(), torch.stack(losses).numpy(), float(norm))
 
 
-def local_update_onnx(session: ort.InferenceSession, weights: np.ndarray, batches: Batches, *, steps: int,
-                      lr: float, grad_clip: float, delta_clip: float) -> LocalUpdateResult:
+def local_update_onnx(
+    session: ort.InferenceSession,
+    weights: np.ndarray,
+    batches: Batches,
+    *,
+    steps: int,
+    lr: float,
+    grad_clip: float,
+    delta_clip: float,
+) -> LocalUpdateResult:
     """Run local_update.onnx in an existing session (reuse one session for every phone)."""
     inputs = {i.name: i for i in session.get_inputs()}
     _check(weights, int(inputs["weights"].shape[0]), steps)
     seq_len = inputs["tokens"].shape[2]
     if batches.seq_len != seq_len:
         raise LocalUpdateError(f"batches have sequence length {batches.seq_len}; the graph needs {seq_len}")
-    delta, losses, norm = session.run(None, {
-        "weights": weights,
-        "tokens": batches.tokens,
-        "targets": batches.targets,
-        "mask": batches.mask,
-        "steps": np.array(steps, np.int64),
-        "lr": np.array(lr, np.float32),
-        "clip": np.array(grad_clip, np.float32),
-        "delta_clip": np.array(delta_clip, np.float32),
-    })
+    delta, losses, norm = session.run(
+        None,
+        {
+            "weights": weights,
+            "tokens": batches.tokens,
+            "targets": batches.targets,
+            "mask": batches.mask,
+            "steps": np.array(steps, np.int64),
+            "lr": np.array(lr, np.float32),
+            "clip": np.array(grad_clip, np.float32),
+            "delta_clip": np.array(delta_clip, np.float32),
+        },
+    )
     return LocalUpdateResult(delta, losses, float(norm))
 
 
@@ -142,10 +163,12 @@ class TorchLocalUpdate:
     def __init__(self, config: ModelConfig):
         self.config = config.resolved()
 
-    def __call__(self, weights: np.ndarray, batches: Batches, *, steps: int, lr: float, grad_clip: float,
-                 delta_clip: float) -> LocalUpdateResult:
-        return local_update_torch(self.config, weights, batches, steps=steps, lr=lr, grad_clip=grad_clip,
-                                  delta_clip=delta_clip)
+    def __call__(
+        self, weights: np.ndarray, batches: Batches, *, steps: int, lr: float, grad_clip: float, delta_clip: float
+    ) -> LocalUpdateResult:
+        return local_update_torch(
+            self.config, weights, batches, steps=steps, lr=lr, grad_clip=grad_clip, delta_clip=delta_clip
+        )
 
 
 class OnnxLocalUpdate:
@@ -158,7 +181,9 @@ class OnnxLocalUpdate:
     def from_bundle(cls, bundle: Bundle, intra_op_threads: int = 1) -> OnnxLocalUpdate:
         return cls(bundle.path("local_update"), intra_op_threads)
 
-    def __call__(self, weights: np.ndarray, batches: Batches, *, steps: int, lr: float, grad_clip: float,
-                 delta_clip: float) -> LocalUpdateResult:
-        return local_update_onnx(self.session, weights, batches, steps=steps, lr=lr, grad_clip=grad_clip,
-                                 delta_clip=delta_clip)
+    def __call__(
+        self, weights: np.ndarray, batches: Batches, *, steps: int, lr: float, grad_clip: float, delta_clip: float
+    ) -> LocalUpdateResult:
+        return local_update_onnx(
+            self.session, weights, batches, steps=steps, lr=lr, grad_clip=grad_clip, delta_clip=delta_clip
+        )

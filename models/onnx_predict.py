@@ -18,10 +18,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from fedkey.models.cifg_lstm import PARAM_NAMES, cell_step, output_logits
-from fedkey.models.onnx_train import OPSET, quiet_exporter, strip_metadata
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import Tensor, nn
+
+from fedkey.models.cifg_lstm import PARAM_NAMES, cell_step, output_logits
+from fedkey.models.onnx_train import OPSET, quiet_exporter, strip_metadata
 
 PREDICT_INPUTS = ("token", "h", "c")
 PREDICT_OUTPUTS = ("logits", "h_out", "c_out")
@@ -50,8 +51,13 @@ def build_predict(params: dict[str, Tensor]) -> onnx.ModelProto:
     example = (torch.tensor([1, 2]), torch.zeros(2, e), torch.zeros(2, hidden))
     with quiet_exporter():
         program = torch.onnx.export(
-            _PredictStep(params).eval(), example, dynamo=True, opset_version=OPSET, verbose=False,
-            input_names=list(PREDICT_INPUTS), output_names=list(PREDICT_OUTPUTS),
+            _PredictStep(params).eval(),
+            example,
+            dynamo=True,
+            opset_version=OPSET,
+            verbose=False,
+            input_names=list(PREDICT_INPUTS),
+            output_names=list(PREDICT_OUTPUTS),
             dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
         )
     model = program.model_proto
@@ -83,7 +89,8 @@ def quantize_predict(fp32_path: Path, int8_path: Path) -> None:
     root.addFilter(advice)
     try:
         quantize_dynamic(
-            fp32_path, int8_path,
+            fp32_path,
+            int8_path,
             weight_type=QuantType.QInt8,
             per_channel=False,
             op_types_to_quantize=["MatMul", "Gather", "Transpose"],
@@ -116,12 +123,11 @@ class OnnxPredictor:
     def zero_state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         return (np.zeros((batch, self.embed_dim), np.float32), np.zeros((batch, self.hidden_dim), np.float32))
 
-    def step(self, token: np.ndarray, state: tuple[np.ndarray, np.ndarray]
-             ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def step(
+        self, token: np.ndarray, state: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Logits [B, V] after token [B] (int64), and the new (h, c)."""
-        logits, h, c = self.session.run(
-            None, {"token": np.asarray(token, np.int64), "h": state[0], "c": state[1]}
-        )
+        logits, h, c = self.session.run(None, {"token": np.asarray(token, np.int64), "h": state[0], "c": state[1]})
         return logits, (h, c)
 
     def run_sequences(self, tokens: np.ndarray) -> np.ndarray:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import onnx
 import torch
-from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig, hidden_states, masked_nll
 from onnx import TensorProto, helper
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import make_fx
+
+from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig, hidden_states, masked_nll
 
 OPSET = 18
 NORM_EPS = 1e-12  # keeps clip / norm finite when a gradient or delta is exactly zero
@@ -38,8 +39,14 @@ def _unflatten(flat: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, Te
     return {n: p.reshape(shapes[n]) for n, p in zip(PARAM_NAMES, parts, strict=True)}
 
 
-def mean_loss(flat: Tensor, tokens: Tensor, targets: Tensor, mask: Tensor,
-              shapes: dict[str, tuple[int, ...]], chunk: int | None = None) -> Tensor:
+def mean_loss(
+    flat: Tensor,
+    tokens: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    shapes: dict[str, tuple[int, ...]],
+    chunk: int | None = None,
+) -> Tensor:
     """Mean NLL per counted position (mask = 1) of a batch of fixed-length sequences, from zero state.
 
     `chunk` is `masked_nll`'s row chunk: None (all rows at once) for traced graphs; eager callers
@@ -60,8 +67,15 @@ def clip_scale(norm: Tensor, bound: Tensor) -> Tensor:
     return torch.where(bound > 0, scale, torch.ones_like(scale))
 
 
-def sgd_step(flat: Tensor, tokens: Tensor, targets: Tensor, mask: Tensor, lr: Tensor, clip: Tensor,
-             shapes: dict[str, tuple[int, ...]]) -> tuple[Tensor, Tensor]:
+def sgd_step(
+    flat: Tensor,
+    tokens: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    lr: Tensor,
+    clip: Tensor,
+    shapes: dict[str, tuple[int, ...]],
+) -> tuple[Tensor, Tensor]:
     """One SGD step with global-norm gradient clipping; returns (updated flat weights, loss before the step).
 
     flat [P] fp32, tokens/targets [B, T] int64, mask [B, T] fp32, lr and clip fp32 scalars.
@@ -89,6 +103,7 @@ def quiet_exporter() -> Iterator[None]:
 
 def strip_metadata(model: onnx.ModelProto) -> None:
     """Drop the exporter's per-node metadata and doc strings (most of the file's size)."""
+
     def clean(graph: onnx.GraphProto) -> None:
         graph.doc_string = ""
         for node in graph.node:
@@ -97,6 +112,7 @@ def strip_metadata(model: onnx.ModelProto) -> None:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     clean(attr.g)
+
     clean(model.graph)
     del model.metadata_props[:]
     model.doc_string = ""
@@ -108,8 +124,9 @@ def build_train_step(config: ModelConfig, seq_len: int) -> onnx.ModelProto:
     shapes = config.param_shapes()
     num = config.num_parameters()
 
-    def step(flat: Tensor, tokens: Tensor, targets: Tensor, mask: Tensor, lr: Tensor,
-             clip: Tensor) -> tuple[Tensor, Tensor]:
+    def step(
+        flat: Tensor, tokens: Tensor, targets: Tensor, mask: Tensor, lr: Tensor, clip: Tensor
+    ) -> tuple[Tensor, Tensor]:
         return sgd_step(flat, tokens, targets, mask, lr, clip, shapes)
 
     example = (
@@ -124,7 +141,11 @@ def build_train_step(config: ModelConfig, seq_len: int) -> onnx.ModelProto:
     with quiet_exporter():
         traced = make_fx(step, tracing_mode="symbolic")(*example)
         program = torch.onnx.export(
-            traced.eval(), example, dynamo=True, opset_version=OPSET, verbose=False,
+            traced.eval(),
+            example,
+            dynamo=True,
+            opset_version=OPSET,
+            verbose=False,
             input_names=["weights", "tokens", "targets", "mask", "lr", "clip"],
             output_names=["new_weights", "loss"],
             dynamic_shapes=(None, {0: batch}, {0: batch}, {0: batch}, None, None),
@@ -159,8 +180,14 @@ def build_local_update(step_model: onnx.ModelProto) -> onnx.ModelProto:
     if inner_inputs != ["weights", "tokens", "targets", "mask", "lr", "clip"]:
         raise ValueError(f"unexpected train-step inputs {inner_inputs}")
     # Inner names that must not be prefixed: inputs that come from the loop / outer scope.
-    rename = {"weights": "w_in", "tokens": "b_tokens", "targets": "b_targets", "mask": "b_mask",
-              "lr": "lr", "clip": "clip"}
+    rename = {
+        "weights": "w_in",
+        "tokens": "b_tokens",
+        "targets": "b_targets",
+        "mask": "b_mask",
+        "lr": "lr",
+        "clip": "clip",
+    }
 
     def name(n: str) -> str:
         if n == "":
@@ -196,13 +223,18 @@ def build_local_update(step_model: onnx.ModelProto) -> onnx.ModelProto:
         body_initializers.append(new_t)
     num = step_graph.input[0].type.tensor_type.shape.dim[0].dim_value
     body = helper.make_graph(
-        body_nodes, "local_step",
-        [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [num])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("w_out", TensorProto.FLOAT, [num]),
-         helper.make_tensor_value_info("step_loss", TensorProto.FLOAT, [])],
+        body_nodes,
+        "local_step",
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [num]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("w_out", TensorProto.FLOAT, [num]),
+            helper.make_tensor_value_info("step_loss", TensorProto.FLOAT, []),
+        ],
         initializer=body_initializers,
     )
     seq_len = step_graph.input[1].type.tensor_type.shape.dim[1].dim_value
@@ -224,18 +256,23 @@ def build_local_update(step_model: onnx.ModelProto) -> onnx.ModelProto:
         helper.make_node("Mul", ["delta_raw", "scale"], ["delta"]),
     ]
     graph = helper.make_graph(
-        nodes, "local_update",
-        [helper.make_tensor_value_info("weights", f32, [num]),
-         helper.make_tensor_value_info("tokens", i64, batches),
-         helper.make_tensor_value_info("targets", i64, batches),
-         helper.make_tensor_value_info("mask", f32, batches),
-         helper.make_tensor_value_info("steps", i64, []),
-         helper.make_tensor_value_info("lr", f32, []),
-         helper.make_tensor_value_info("clip", f32, []),
-         helper.make_tensor_value_info("delta_clip", f32, [])],
-        [helper.make_tensor_value_info("delta", f32, [num]),
-         helper.make_tensor_value_info("losses", f32, ["steps"]),
-         helper.make_tensor_value_info("delta_norm", f32, [])],
+        nodes,
+        "local_update",
+        [
+            helper.make_tensor_value_info("weights", f32, [num]),
+            helper.make_tensor_value_info("tokens", i64, batches),
+            helper.make_tensor_value_info("targets", i64, batches),
+            helper.make_tensor_value_info("mask", f32, batches),
+            helper.make_tensor_value_info("steps", i64, []),
+            helper.make_tensor_value_info("lr", f32, []),
+            helper.make_tensor_value_info("clip", f32, []),
+            helper.make_tensor_value_info("delta_clip", f32, []),
+        ],
+        [
+            helper.make_tensor_value_info("delta", f32, [num]),
+            helper.make_tensor_value_info("losses", f32, ["steps"]),
+            helper.make_tensor_value_info("delta_norm", f32, []),
+        ],
         initializer=[
             helper.make_tensor("loop_cond", TensorProto.BOOL, [], [True]),
             helper.make_tensor("eps", f32, [], [NORM_EPS]),
@@ -243,14 +280,16 @@ def build_local_update(step_model: onnx.ModelProto) -> onnx.ModelProto:
             helper.make_tensor("zero", f32, [], [0.0]),
         ],
     )
-    model = helper.make_model(graph, opset_imports=list(step_model.opset_import),
-                              producer_name="fedkey", ir_version=step_model.ir_version)
+    model = helper.make_model(
+        graph, opset_imports=list(step_model.opset_import), producer_name="fedkey", ir_version=step_model.ir_version
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def export_train_graphs(config: ModelConfig, seq_len: int, train_step_path: Path,
-                        local_update_path: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+def export_train_graphs(
+    config: ModelConfig, seq_len: int, train_step_path: Path, local_update_path: Path
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """Write train_step.onnx and local_update.onnx for this model shape; returns both models."""
     step = build_train_step(config, seq_len)
     loop = build_local_update(step)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from fedkey.models.bundle import export_bundle
 from fedkey.models.checkpoint import Checkpoint
 from fedkey.models.cifg_lstm import CifgLstm, ModelConfig

@@ -10,6 +10,7 @@ from pathlib import Path
 import export_fixtures as fx
 import numpy as np
 import pytest
+
 from fedkey.models.bundle import export_bundle
 from fedkey.models.manifest import (
     FORMAT_VERSION,
@@ -36,12 +37,26 @@ def test_manifest_describes_the_bundle() -> None:
     assert m.format_version == FORMAT_VERSION and m.model_version == 7 and m.seq_len == fx.SEQ_LEN
     assert m.opset == 18
     assert m.model.num_parameters == ckpt.model.config.num_parameters() == bundle.weights.size
-    assert set(m.files) == {"predict.onnx", "predict.int8.onnx", "train_step.onnx", "local_update.onnx",
-                            "weights.bin", "tokenizer.model"}
+    assert set(m.files) == {
+        "predict.onnx",
+        "predict.int8.onnx",
+        "train_step.onnx",
+        "local_update.onnx",
+        "weights.bin",
+        "tokenizer.model",
+    }
     assert (fx.bundle_dir() / "tokenizer.model").read_bytes() == ckpt.tokenizer.serialized()
     assert [s.name for s in m.parameters] == ["embedding", "w_x", "w_h", "b", "w_proj", "out_bias"]
     assert [i.name for i in m.graphs["local_update"].inputs] == [
-        "weights", "tokens", "targets", "mask", "steps", "lr", "clip", "delta_clip"]
+        "weights",
+        "tokens",
+        "targets",
+        "mask",
+        "steps",
+        "lr",
+        "clip",
+        "delta_clip",
+    ]
     assert m.graphs["train_step"].inputs[1].shape == ("batch", fx.SEQ_LEN)
     for name, tensor in bundle.params().items():
         np.testing.assert_array_equal(tensor, ckpt.model.params[name].detach().numpy())

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import export_fixtures as fx
 import numpy as np
-from fedkey.models.manifest import load_bundle
 from typer.testing import CliRunner
 
 from fedkey.cli import app
+from fedkey.models.manifest import load_bundle
 
 runner = CliRunner()
 
@@ -18,8 +18,17 @@ def test_export_writes_a_loadable_bundle(tmp_path: Path) -> None:
     ckpt_path = tmp_path / "model.pt"
     fx.checkpoint().save(ckpt_path)
     out = tmp_path / "bundle"
-    args = ["export", "--checkpoint", str(ckpt_path), "--out", str(out), "--threads", "1",
-            "--reuse-graphs-from", str(fx.bundle_dir())]
+    args = [
+        "export",
+        "--checkpoint",
+        str(ckpt_path),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--reuse-graphs-from",
+        str(fx.bundle_dir()),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "model version 7" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import export_fixtures as fx
 import numpy as np
 import pytest
+
 from fedkey.models.manifest import load_bundle
 from fedkey.models.onnx_local_update import (
     Batches,
@@ -28,13 +29,14 @@ def phone_batches(seed: int, batch_size: int = 4) -> Batches:
     for text in fx.sentences(6, seed=seed):
         full = [BOS_ID, *tok.encode(text), EOS_ID]
         for start in range(0, len(full) - 1, fx.SEQ_LEN):
-            window = full[start:start + fx.SEQ_LEN + 1]
+            window = full[start : start + fx.SEQ_LEN + 1]
             n = len(window) - 1
             rows_in.append(window[:-1] + [0] * (fx.SEQ_LEN - n))
             rows_out.append(window[1:] + [0] * (fx.SEQ_LEN - n))
             rows_mask.append([1.0] * n + [0.0] * (fx.SEQ_LEN - n))
-    return Batches.from_rows(np.array(rows_in, np.int64), np.array(rows_out, np.int64),
-                             np.array(rows_mask, np.float32), batch_size)
+    return Batches.from_rows(
+        np.array(rows_in, np.int64), np.array(rows_out, np.int64), np.array(rows_mask, np.float32), batch_size
+    )
 
 
 def test_from_rows_pads_last_batch() -> None:
@@ -53,8 +55,10 @@ def test_fleet_onnx_and_torch_give_the_same_deltas(bundle) -> None:
     for phone in range(3):
         batches = phone_batches(seed=100 + phone)
         steps = 2 * batches.tokens.shape[0]  # two local epochs
-        results = {name: run(bundle.weights, batches, steps=steps, lr=0.5, grad_clip=1.0, delta_clip=0.1)
-                   for name, run in updaters.items()}
+        results = {
+            name: run(bundle.weights, batches, steps=steps, lr=0.5, grad_clip=1.0, delta_clip=0.1)
+            for name, run in updaters.items()
+        }
         np.testing.assert_allclose(results["onnx"].delta, results["torch"].delta, atol=1e-6)
         np.testing.assert_allclose(results["onnx"].losses, results["torch"].losses, rtol=1e-5)
         assert results["onnx"].delta_norm == pytest.approx(results["torch"].delta_norm, rel=1e-5)

@@ -6,6 +6,7 @@ import export_fixtures as fx
 import numpy as np
 import pytest
 import torch
+
 from fedkey.models.manifest import load_bundle
 from fedkey.models.onnx_predict import OnnxPredictor
 
@@ -30,8 +31,9 @@ def test_one_step_logits_and_state_match_torch(bundle) -> None:
     token = np.array([4, 9, 17], np.int64)
     logits, (h_out, c_out) = predictor.step(token, state)
     with torch.no_grad():
-        ref_logits, (ref_h, ref_c) = model.step(torch.from_numpy(token),
-                                                (torch.from_numpy(state[0]), torch.from_numpy(state[1])))
+        ref_logits, (ref_h, ref_c) = model.step(
+            torch.from_numpy(token), (torch.from_numpy(state[0]), torch.from_numpy(state[1]))
+        )
     np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(h_out, ref_h.numpy(), atol=1e-6, rtol=1e-5)
     np.testing.assert_allclose(c_out, ref_c.numpy(), atol=1e-6, rtol=1e-5)

@@ -6,6 +6,7 @@ import export_fixtures as fx
 import numpy as np
 import pytest
 import torch
+
 from fedkey.models.manifest import flatten_params, load_bundle
 from fedkey.models.onnx_local_update import Batches, local_update_onnx, local_update_torch
 from fedkey.models.onnx_predict import make_session
@@ -28,8 +29,14 @@ def random_batches(n: int, batch: int, seed: int) -> Batches:
 
 
 def step_feeds(weights: np.ndarray, b: Batches, lr: float, clip: float) -> dict[str, np.ndarray]:
-    return {"weights": weights, "tokens": b.tokens[0], "targets": b.targets[0], "mask": b.mask[0],
-            "lr": np.array(lr, np.float32), "clip": np.array(clip, np.float32)}
+    return {
+        "weights": weights,
+        "tokens": b.tokens[0],
+        "targets": b.targets[0],
+        "mask": b.mask[0],
+        "lr": np.array(lr, np.float32),
+        "clip": np.array(clip, np.float32),
+    }
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.05])
@@ -38,12 +45,12 @@ def test_train_step_matches_torch_autograd(bundle, clip: float) -> None:
     model = fx.checkpoint().model
     b = random_batches(1, 4, seed=2)
     new_weights, loss = make_session(bundle.path("train_step")).run(
-        None, step_feeds(bundle.weights, b, lr=0.5, clip=clip))
+        None, step_feeds(bundle.weights, b, lr=0.5, clip=clip)
+    )
 
     ref = type(model)(model.config)
     ref.load_state_dict(model.state_dict())
-    total, count = ref.loss(torch.from_numpy(b.tokens[0]), torch.from_numpy(b.targets[0]),
-                            torch.from_numpy(b.mask[0]))
+    total, count = ref.loss(torch.from_numpy(b.tokens[0]), torch.from_numpy(b.targets[0]), torch.from_numpy(b.mask[0]))
     (total / count).backward()
     norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), clip) if clip > 0 else None
     with torch.no_grad():
@@ -58,11 +65,18 @@ def test_train_step_matches_torch_autograd(bundle, clip: float) -> None:
 def test_train_step_matches_traced_function(bundle) -> None:
     b = random_batches(1, 3, seed=3)
     new_weights, loss = make_session(bundle.path("train_step")).run(
-        None, step_feeds(bundle.weights, b, lr=0.3, clip=1.0))
+        None, step_feeds(bundle.weights, b, lr=0.3, clip=1.0)
+    )
     shapes = fx.checkpoint().model.config.param_shapes()
-    ref_w, ref_loss = sgd_step(torch.from_numpy(bundle.weights), torch.from_numpy(b.tokens[0]),
-                               torch.from_numpy(b.targets[0]), torch.from_numpy(b.mask[0]),
-                               torch.tensor(0.3), torch.tensor(1.0), shapes)
+    ref_w, ref_loss = sgd_step(
+        torch.from_numpy(bundle.weights),
+        torch.from_numpy(b.tokens[0]),
+        torch.from_numpy(b.targets[0]),
+        torch.from_numpy(b.mask[0]),
+        torch.tensor(0.3),
+        torch.tensor(1.0),
+        shapes,
+    )
     np.testing.assert_allclose(new_weights, ref_w.numpy(), atol=1e-7)
     np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
 
@@ -94,11 +108,18 @@ def test_local_update_equals_repeated_train_steps(bundle) -> None:
     losses = []
     for k in range(5):
         i = k % 2
-        feeds = {"weights": w, "tokens": b.tokens[i], "targets": b.targets[i], "mask": b.mask[i],
-                 "lr": np.array(0.2, np.float32), "clip": np.array(0.0, np.float32)}
+        feeds = {
+            "weights": w,
+            "tokens": b.tokens[i],
+            "targets": b.targets[i],
+            "mask": b.mask[i],
+            "lr": np.array(0.2, np.float32),
+            "clip": np.array(0.0, np.float32),
+        }
         w, loss = step.run(None, feeds)
         losses.append(float(loss))
-    out = local_update_onnx(make_session(bundle.path("local_update")), bundle.weights, b, steps=5, lr=0.2,
-                            grad_clip=0.0, delta_clip=0.0)
+    out = local_update_onnx(
+        make_session(bundle.path("local_update")), bundle.weights, b, steps=5, lr=0.2, grad_clip=0.0, delta_clip=0.0
+    )
     np.testing.assert_allclose(out.losses, losses, rtol=1e-6)
     np.testing.assert_allclose(out.delta, w - bundle.weights, atol=1e-7)
