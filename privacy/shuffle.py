@@ -4,7 +4,7 @@ Reference: V. Feldman, A. McMillan, K. Talwar, "Hiding Among the Clones: A Simpl
 Analysis of Privacy Amplification by Shuffling", FOCS 2021, arXiv:2012.12803.
 
 If each of n phones applies an ε₀-DP local randomizer and a trusted shuffler hides who sent what, the
-shuffled multiset is (ε, δ)-DP for a much smaller ε. The paper's clone reduction (its Theorem 3.2)
+shuffled multiset is (ε, δ)-DP for a much smaller ε. The paper's clone reduction (Section 3)
 bounds δ(ε) by the hockey-stick divergence D_{e^ε}(P‖Q) of two distributions on pairs of counts:
 
     C ~ Bin(n−1, e^{−ε₀}),  A ~ Bin(C, 1/2),  Δ ~ Bern(e^{ε₀}/(e^{ε₀}+1)),
@@ -14,10 +14,10 @@ bounds δ(ε) by the hockey-stick divergence D_{e^ε}(P‖Q) of two distribution
 coordinate sum reveals C, and for fixed C the likelihood ratio P/Q increases with the first coordinate,
 so the divergence for each C is a difference of binomial tail probabilities. The C-range is cut where
 Bin(n−1, e^{−ε₀}) has less than 1e-18 mass in each tail, and that mass is added to δ (an upper bound).
-`shuffle_epsilon` inverts it by bisection. The paper's closed form (its Theorem 3.1) is
+`shuffle_epsilon` inverts it by bisection. The paper's closed-form bound (Theorem 3.1 in arXiv v3) is
 `shuffle_epsilon_closed_form`, kept to show the numerical bound is tighter.
 
-For (ε₀, δ₀)-DP randomizers such as the Gaussian mechanism the paper's Theorem 3.8 adds
+For (ε₀, δ₀)-DP randomizers such as the Gaussian mechanism the paper's approximate-DP extension (Section 3) adds
 (e^ε + 1)(1 + e^{−ε₀}/2)·n·δ₀ to δ; `gaussian_shuffle_epsilon` spends half the target δ there (choosing
 δ₀ accordingly, ε₀ = ε₀(δ₀) from the analytic Gaussian curve) and half on the shuffle bound.
 """
@@ -36,7 +36,7 @@ _TAIL = 1e-18
 
 
 def shuffle_delta(epsilon0: float, n: int, epsilon: float) -> float:
-    """Upper bound on δ at ε for the shuffled outputs of n ε₀-DP local reports (FMT21 Thm 3.2)."""
+    """Upper bound on δ at ε for the shuffled outputs of n ε₀-DP local reports (FMT21 clone reduction)."""
     _check(epsilon0, n)
     if epsilon >= epsilon0:
         return 0.0
@@ -74,7 +74,7 @@ def shuffle_epsilon(epsilon0: float, n: int, delta: float) -> float:
 
 
 def shuffle_epsilon_closed_form(epsilon0: float, n: int, delta: float) -> float | None:
-    """FMT21 Theorem 3.1; None where it does not apply (ε₀ > ln(n / (16 ln(2/δ))))."""
+    """FMT21 closed-form bound; None where it does not apply (ε₀ > ln(n / (16 ln(2/δ))))."""
     _check(epsilon0, n)
     if epsilon0 > math.log(n / (16.0 * math.log(2.0 / delta))):
         return None
@@ -86,7 +86,7 @@ def shuffle_epsilon_closed_form(epsilon0: float, n: int, delta: float) -> float 
 def gaussian_shuffle_epsilon(sigma_over_sensitivity: float, n: int, delta: float) -> tuple[float, float, float]:
     """Shuffled ε at δ for n Gaussian local reports with noise multiplier σ/Δ.
 
-    Returns (ε, ε₀, δ₀): half of δ covers the n·δ₀ term of FMT21 Thm 3.8, half the shuffle bound.
+    Returns (ε, ε₀, δ₀): half of δ covers the n·δ₀ term of the FMT21 approximate-DP extension, half the shuffle bound.
     """
     if n < 2:
         raise PrivacyConfigError("shuffling needs at least 2 reports")
