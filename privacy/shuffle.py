@@ -14,7 +14,7 @@ bounds δ(ε) by the hockey-stick divergence D_{e^ε}(P‖Q) of two distribution
 coordinate sum reveals C, and for fixed C the likelihood ratio P/Q increases with the first coordinate,
 so the divergence for each C is a difference of binomial tail probabilities. The C-range is cut where
 Bin(n−1, e^{−ε₀}) has less than 1e-18 mass in each tail, and that mass is added to δ (an upper bound).
-`shuffle_epsilon` inverts it by bisection. The paper's closed-form bound (Theorem 3.1 in arXiv v3) is
+`shuffle_epsilon` inverts it by bisection. The paper's closed-form bound (its main theorem) is
 `shuffle_epsilon_closed_form`, kept to show the numerical bound is tighter.
 
 For (ε₀, δ₀)-DP randomizers such as the Gaussian mechanism the paper's approximate-DP extension (Section 3) adds
