@@ -142,10 +142,6 @@ class CentralDpAccountant:
         """Rounds recorded so far."""
         return sum(c for _, c in self._rounds)
 
-    @property
-    def history(self) -> list[tuple[RoundSpec, int]]:
-        return list(self._rounds)
-
     def step(self, spec: RoundSpec, count: int = 1, enforce: bool = False) -> None:
         """Record `count` rounds of `spec`; with `enforce`, refuse if that exceeds the budget."""
         if count < 1:

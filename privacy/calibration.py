@@ -19,7 +19,7 @@ neighbouring inputs are any two clipped deltas; with an L2 clip of C they differ
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from scipy import optimize
 from scipy.special import log_ndtr
@@ -105,9 +105,6 @@ class LocalMechanism:
     sensitivity: float  # Δ₂ (Gaussian) or Δ₁ (Laplace)
     epsilon: float  # per report
     delta: float  # per report (0 for Laplace)
-
-    def to_dict(self) -> dict[str, float | str]:
-        return asdict(self)
 
 
 def gaussian_local_mechanism(epsilon: float, delta: float, clip_norm: float) -> LocalMechanism:

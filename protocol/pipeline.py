@@ -119,7 +119,6 @@ class UpdatePipeline:
     def __init__(self, config: PipelineConfig | Sequence[StageSpec | dict[str, Any]], layout: Layout) -> None:
         self.config = config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(list(config))
         self.dim = layout_size(layout)
-        self.layout = layout
         clip = self.config.clip()
         self.default_clip_norm = clip.norm if clip else None
         try:
