@@ -21,10 +21,10 @@ def export_command(
     reuse_graphs_from: Annotated[
         Path | None,
         typer.Option(
-            "--reuse-graphs-from", help="earlier bundle of the same model shape: copy its training graphs, do not trace"
+            "--reuse-graphs-from", help="earlier bundle: copy its training graphs if model shape and seq_len match"
         ),
     ] = None,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads used while exporting")] = 2,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads used while exporting")] = 1,
 ) -> None:
     """Export CHECKPOINT as an on-device bundle: predict(.int8).onnx, train_step.onnx, local_update.onnx,
     weights.bin, tokenizer.model and manifest.json."""
