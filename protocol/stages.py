@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedkey.privacy.mechanisms import add_gaussian_noise, add_laplace_noise, clip_rows
-from fedkey.protocol.errors import StageError
+from fedkey.protocol.errors import PipelineInputError, StageError
 from fedkey.protocol.hadamard import padded_length, rotate, unrotate
 from fedkey.protocol.prng import STREAM_NOISE, derive
 from fedkey.protocol.quantize import ALLOWED_BITS, dequantize, quantize
@@ -280,6 +280,8 @@ class Quantize(Stage):
     def device(self, batch: Batch) -> None:
         assert batch.values is not None
         batch.codes, batch.lo, batch.scale = quantize(batch.values, batch.private_seeds, self.bits, self.chunk)
+        if not np.isfinite(batch.scale).all():
+            raise PipelineInputError("a chunk's value range overflows float32; these values cannot be quantized")
         batch.values = None
 
     def server(self, batch: Batch) -> None:

@@ -30,6 +30,7 @@ from fedkey.protocol.errors import (
     ChecksumError,
     InvalidValueError,
     LayoutMismatchError,
+    PipelineInputError,
     StageError,
     TrailingBytesError,
     TruncatedMessageError,
@@ -97,6 +98,8 @@ def serialize(
     else:
         assert batch.values is not None
         values32 = batch.values.astype("<f4")
+        if not np.isfinite(values32).all():
+            raise PipelineInputError("a value overflows float32 and cannot be sent")
     messages = []
     for i in range(batch.n):
         parts = [

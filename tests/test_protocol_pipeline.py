@@ -89,3 +89,11 @@ def test_bad_encoder_input_raises() -> None:
             call()
     with pytest.raises(PipelineInputError, match="k must be in"):
         UpdatePipeline([{"kind": "top_k", "k": 500}], 100)
+
+
+def test_values_beyond_float32_are_refused_by_the_encoder() -> None:
+    huge = np.array([[3e38, -3e38, 1.0, 0.0]], dtype=np.float32)
+    with pytest.raises(PipelineInputError, match="overflows float32"):
+        UpdatePipeline([{"kind": "quantize", "bits": 1}], 4).encode(huge, [0], 0, seed=0)
+    scaled = UpdatePipeline([{"kind": "random_k", "k": 2}], 4).encode(huge, [0], 0, seed=0)
+    assert len(scaled.messages) == 1  # values themselves fit; the server's d/k rescale is checked on decode
