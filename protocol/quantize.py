@@ -27,7 +27,8 @@ def num_chunks(m: int, chunk: int) -> int:
 
 def _round_f32(x: np.ndarray, direction: int) -> np.ndarray:
     """float64 → float32, rounding down (direction −1) or up (+1) instead of to nearest."""
-    f = x.astype(np.float32)
+    with np.errstate(over="ignore"):  # out-of-range becomes ±inf, which the encoder then refuses
+        f = x.astype(np.float32)
     wrong = f.astype(np.float64) > x if direction < 0 else f.astype(np.float64) < x
     toward = np.float32(-np.inf) if direction < 0 else np.float32(np.inf)
     return np.where(wrong, np.nextafter(f, toward), f)

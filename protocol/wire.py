@@ -97,7 +97,8 @@ def serialize(
         scale = batch.scale.astype("<f4")
     else:
         assert batch.values is not None
-        values32 = batch.values.astype("<f4")
+        with np.errstate(over="ignore"):
+            values32 = batch.values.astype("<f4")
         if not np.isfinite(values32).all():
             raise PipelineInputError("a value overflows float32 and cannot be sent")
     messages = []
