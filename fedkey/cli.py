@@ -28,3 +28,5 @@ from fedkey.cli_export import export_command  # noqa: E402, I001
 app.command("export")(export_command)
 from fedkey.cli_privacy import privacy_app  # noqa: E402, I001
 app.add_typer(privacy_app, name="privacy")
+from fedkey.cli_simulate import EPILOG as SIMULATE_EPILOG, simulate_command  # noqa: E402, I001
+app.command("simulate", epilog=SIMULATE_EPILOG)(simulate_command)

@@ -14,7 +14,11 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedkey.device_sim.config import PopulationConfig
 from fedkey.models.cifg_lstm import ModelConfig
+from fedkey.privacy.config import CentralDpConfig
+from fedkey.protocol.pipeline_config import PipelineConfig
+from fedkey.server.sampling import over_selected
 
 
 class ConfigError(ValueError):
@@ -75,16 +79,165 @@ class EvalConfig(_Strict):
     max_positions: int = Field(0, ge=0, description="cap on evaluated word positions (0 = all)")
 
 
+class ServerOptimizerConfig(_Strict):
+    """How the aggregated client delta moves the global model (Reddi et al. 2021, "Adaptive Federated
+    Optimization"). fedavg with lr = 1 is plain federated averaging."""
+
+    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = Field(
+        "fedavg", description="server optimizer: fedavg | fedavgm (server momentum) | fedadam | fedyogi"
+    )
+    lr: float = Field(1.0, gt=0, description="server learning rate (fedadam/fedyogi want ~0.01-0.1)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm: server momentum")
+    beta1: float = Field(0.9, ge=0, lt=1, description="fedadam/fedyogi: first-moment decay")
+    beta2: float = Field(0.99, ge=0, lt=1, description="fedadam/fedyogi: second-moment decay")
+    tau: float = Field(1e-3, gt=0, description="fedadam/fedyogi: adaptivity (epsilon); v starts at tau^2")
+
+
+class SimulateConfig(_Strict):
+    """`fedkey simulate`: federated rounds over a simulated phone fleet (Flower ServerApp + phone hosts)."""
+
+    rounds: int = Field(50, ge=1, description="federated rounds to run")
+    cohort_size: int = Field(
+        100, ge=1, description="goal count: reports a round waits for (uniform sampling closes the round "
+        "at this many reports); also the fixed denominator of central DP"
+    )
+    over_selection: float = Field(
+        1.3, ge=1, description="uniform sampling selects ceil(cohort_size * over_selection) phones "
+        "(Bonawitz et al. 2019: 130%) because some drop out or straggle"
+    )
+    sampling: Literal["uniform", "poisson"] = Field(
+        "uniform", description="uniform: a fixed number among the eligible phones; poisson: each eligible "
+        "phone independently with probability poisson_rate (for DP amplification)"
+    )
+    poisson_rate: float | None = Field(
+        None, gt=0, le=1, description="poisson sampling: each eligible phone's probability of selection"
+    )
+    deadline_s: float = Field(
+        300.0, gt=0, description="simulated seconds a round waits for reports; later phones are stragglers"
+    )
+    min_reports: int = Field(
+        1, ge=1, description="a round with fewer accepted reports leaves the model unchanged (no central DP)"
+    )
+    local_epochs: float = Field(
+        1.0, gt=0, description="passes over its data each phone makes (when local_steps = 0)"
+    )
+    local_steps: int = Field(0, ge=0, description="SGD steps per phone per round; 0 = set by local_epochs")
+    local_batch_size: int = Field(16, ge=1, description="sequences per local SGD step")
+    local_lr: float = Field(0.5, gt=0, description="phones' SGD learning rate")
+    local_grad_clip: float = Field(1.0, ge=0, description="global L2 clip of each local gradient (0 = none)")
+    local_delta_clip: float = Field(
+        0.0, ge=0, description="L2 clip of the phone's delta before the update pipeline (0 = none)"
+    )
+    max_messages_per_phone: int = Field(
+        64, ge=0, description="a phone trains on its user's first N messages (0 = all): bounds local work"
+    )
+    seq_len: int = Field(20, ge=4, description="local training sequence length in pieces (longer messages split)")
+    local_engine: Literal["torch", "onnx"] = Field(
+        "torch", description="torch: all of a host's phones trained together (vmap); onnx: local_update.onnx "
+        "phone by phone, as the phone runs it"
+    )
+    phone_hosts: int = Field(
+        2, ge=1, description="Flower virtual SuperNodes (ClientApp instances), each running many phones"
+    )
+    threads: int = Field(1, ge=1, description="torch / ONNX Runtime threads per phone host and for the server")
+    optimizer: ServerOptimizerConfig = Field(
+        default_factory=ServerOptimizerConfig, description="server optimizer"
+    )
+    eval_every: int = Field(
+        5, ge=0, description="rounds between held-out sample evaluations (0 = only the last round)"
+    )
+    eval_users: int = Field(60, ge=1, description="held-out users in the periodic evaluation sample")
+    eval_positions: int = Field(1000, ge=0, description="word positions in the periodic evaluation (0 = all)")
+    checkpoint_every: int = Field(1, ge=1, description="rounds between checkpoints (always after the last)")
+    export_bundle: bool = Field(True, description="write RUN/bundle (ONNX artifacts) of the final model")
+    seed: int = Field(0, ge=0, description="seed of everything: model init, population, sampling, phones, noise")
+    start_time_utc_s: float = Field(
+        0.0, ge=0, description="simulated UTC time (seconds) at round 1; availability follows the clock"
+    )
+    host_timeout_s: float = Field(
+        3600.0, gt=0, description="wall seconds the server waits for the phone hosts' replies in a round"
+    )
+    ray_address: str = Field(
+        "", description="Ray cluster to attach to ('auto' or HOST:PORT); empty = start Ray in-process"
+    )
+
+    @model_validator(mode="after")
+    def _poisson_rate(self) -> SimulateConfig:
+        if self.sampling == "poisson" and self.poisson_rate is None:
+            raise ValueError("simulate.sampling = 'poisson' needs simulate.poisson_rate")
+        return self
+
+
+def default_pipeline() -> PipelineConfig:
+    """Compression on, local DP off: top-10% sparsification then 4-bit stochastic quantization."""
+    return PipelineConfig.model_validate([{"kind": "top_k", "fraction": 0.1}, {"kind": "quantize", "bits": 4}])
+
+
 class FedkeyConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     central: CentralConfig = Field(default_factory=CentralConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig, description="federated simulation")
+    population: PopulationConfig = Field(
+        default_factory=PopulationConfig, description="simulated phone fleet (device_sim)"
+    )
+    pipeline: PipelineConfig = Field(
+        default_factory=default_pipeline, description="update pipeline stages, phone order ([[pipeline]])"
+    )
+    central_dp: CentralDpConfig | None = Field(
+        None, description="central DP-FedAvg (off when absent); sampling fields default to the simulate section"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_central_dp(cls, data: Any) -> Any:
+        """Fill central_dp's sampling fields from the simulate / population sections where absent."""
+        if not isinstance(data, dict) or not isinstance(data.get("central_dp"), dict):
+            return data
+        sim = SimulateConfig.model_validate(data.get("simulate", {}))
+        size = PopulationConfig.model_validate(data.get("population", {})).size
+        dp = dict(data["central_dp"])
+        dp.setdefault("sampling", "poisson" if sim.sampling == "poisson" else "fixed")
+        dp.setdefault("rounds", sim.rounds)
+        if dp["sampling"] == "poisson":
+            dp.setdefault("sampling_rate", sim.poisson_rate)
+        else:
+            dp.setdefault("cohort_size", over_selected(sim.cohort_size, sim.over_selection))
+            dp.setdefault("accountant", "rdp")
+            if size is None and "population" not in dp:
+                raise ValueError(
+                    "central_dp with uniform (fixed-size) sampling needs population.size: the N of m-of-N "
+                    "sampling must be stated (or use simulate.sampling = 'poisson')"
+                )
+            dp.setdefault("population", size)
+        return {**data, "central_dp": dp}
 
     @model_validator(mode="after")
     def _model_preset_known(self) -> FedkeyConfig:
         self.model.resolved()  # raises on an unknown preset
+        return self
+
+    @model_validator(mode="after")
+    def _central_dp_matches_simulate(self) -> FedkeyConfig:
+        dp, sim = self.central_dp, self.simulate
+        if dp is None:
+            return self
+        if (dp.sampling == "poisson") != (sim.sampling == "poisson"):
+            raise ValueError(f"central_dp.sampling = {dp.sampling!r} but simulate.sampling = {sim.sampling!r}")
+        if dp.sampling == "poisson" and dp.sampling_rate != sim.poisson_rate:
+            raise ValueError(
+                f"central_dp.sampling_rate = {dp.sampling_rate} but simulate.poisson_rate = {sim.poisson_rate}"
+            )
+        selected = over_selected(sim.cohort_size, sim.over_selection)
+        if dp.sampling == "fixed" and dp.cohort_size != selected:
+            raise ValueError(
+                f"central_dp.cohort_size = {dp.cohort_size} but the simulation selects {selected} phones "
+                "(simulate.cohort_size * over_selection)"
+            )
+        if dp.sampling == "fixed" and self.population.size is not None and dp.population != self.population.size:
+            raise ValueError(f"central_dp.population = {dp.population} but population.size = {self.population.size}")
         return self
 
 

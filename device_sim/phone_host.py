@@ -1,0 +1,316 @@
+"""The phone host: a Flower ``ClientApp`` that runs many simulated phones per message.
+
+Flower's simulation engine costs ~5-7 ms per message plus ~5-7 ms per MB of model and grows with the
+number of registered nodes (ARCHITECTURE.md field notes), so a virtual SuperNode does not stand for
+one phone: it hosts every phone the server lists in its message. Loadable as
+``fedkey.device_sim.phone_host:app``.
+
+Message in (from ``fedkey.server.strategy.FleetStrategy``): ``ArrayRecord`` "arrays" with the flat
+float32 global weights "weights", and ``ConfigRecord`` "config" holding the round's ``phone-ids``,
+``phone-seeds``, ``round`` and ``model-version`` plus the run's task settings written by
+:meth:`HostTask.to_config` (data folder, model shape, population, update pipeline, local training).
+
+For each listed phone: the text of its real user (``Population.user_of``; phones beyond the real
+users reuse a real user's text), its first ``max-messages`` messages cut into ``seq-len`` windows,
+shuffled by the phone's seed, grouped into batches; ``local-steps`` SGD steps (or ``local-epochs``
+passes). The ``torch`` engine trains all the host's phones together (:mod:`batched_training`); the
+``onnx`` engine runs ``local_update.onnx`` phone by phone, as the phone runs it (graphs exported once
+per process into a cache folder). Then the update pipeline encodes all deltas at once.
+
+Message out: ``ConfigRecord`` "updates" (``phone-ids``, ``payloads``: one wire-format v1 message per
+phone) and ``MetricRecord`` "metrics" (per-phone ``examples`` = training sequences, ``tokens``,
+``loss`` = mean step loss; host ``train-s``, ``encode-s``).
+
+Node config (``flower-supernode --node-config`` or ``[tool.flwr.federations]``), all optional:
+``data-dir`` (this node's copy of the prepared data; default: the server's path from the task),
+``threads`` (torch / ONNX Runtime threads; default: the task's), ``cache-dir`` (ONNX graphs; default:
+the system temp folder). Data, tokenised per-user sequences and the population are cached in the
+process across rounds.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, ConfigRecordValues, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedkey.device_sim.batched_training import train_phones
+from fedkey.device_sim.config import PopulationConfig
+from fedkey.device_sim.federated_data import FederatedData
+from fedkey.device_sim.population import Population
+from fedkey.models.cifg_lstm import ModelConfig
+from fedkey.models.onnx_local_update import Batches, OnnxLocalUpdate
+from fedkey.models.onnx_train import export_train_graphs
+from fedkey.models.sequences import SequenceBatch, message_sequences
+from fedkey.protocol.pipeline import UpdatePipeline
+from fedkey.protocol.pipeline_config import PipelineConfig
+
+Engine = Literal["torch", "onnx"]
+
+
+class PhoneHostError(ValueError):
+    """A host task is malformed or cannot run on this node (the message says which key)."""
+
+
+@dataclass(frozen=True)
+class HostTask:
+    """The run-wide part of a phone host's task (the same every round)."""
+
+    data_dir: str
+    model: ModelConfig
+    population: PopulationConfig
+    pipeline: PipelineConfig
+    run_seed: int
+    engine: Engine = "torch"
+    seq_len: int = 20
+    batch_size: int = 16
+    local_epochs: float = 1.0
+    local_steps: int = 0
+    max_messages: int = 64
+    lr: float = 0.5
+    grad_clip: float = 1.0
+    delta_clip: float = 0.0
+    threads: int = 1
+
+    def to_config(self) -> dict[str, ConfigRecordValues]:
+        """The ConfigRecord entries the server sends every round (plain scalars and JSON strings)."""
+        return {
+            "data-dir": self.data_dir,
+            "model": self.model.model_dump_json(),
+            "population": self.population.model_dump_json(),
+            "pipeline": self.pipeline.model_dump_json(),
+            "run-seed": self.run_seed,
+            "engine": self.engine,
+            "seq-len": self.seq_len,
+            "batch-size": self.batch_size,
+            "local-epochs": float(self.local_epochs),
+            "local-steps": self.local_steps,
+            "max-messages": self.max_messages,
+            "lr": float(self.lr),
+            "grad-clip": float(self.grad_clip),
+            "delta-clip": float(self.delta_clip),
+            "threads": self.threads,
+        }
+
+    @classmethod
+    def from_config(cls, record: Mapping[str, ConfigRecordValues],
+                    node_config: Mapping[str, object] | None = None) -> HostTask:
+        """Parse a task; node config ``data-dir`` / ``threads`` override the server's values."""
+        node = node_config or {}
+        try:
+            engine = str(record["engine"])
+            if engine not in ("torch", "onnx"):
+                raise PhoneHostError(f"engine must be 'torch' or 'onnx', got {engine!r}")
+            return cls(
+                data_dir=str(node.get("data-dir") or record["data-dir"]),
+                model=ModelConfig.model_validate_json(str(record["model"])),
+                population=PopulationConfig.model_validate_json(str(record["population"])),
+                pipeline=PipelineConfig.model_validate_json(str(record["pipeline"])),
+                run_seed=int(record["run-seed"]),  # type: ignore[arg-type]
+                engine=engine,  # type: ignore[arg-type]
+                seq_len=int(record["seq-len"]),  # type: ignore[arg-type]
+                batch_size=int(record["batch-size"]),  # type: ignore[arg-type]
+                local_epochs=float(record["local-epochs"]),  # type: ignore[arg-type]
+                local_steps=int(record["local-steps"]),  # type: ignore[arg-type]
+                max_messages=int(record["max-messages"]),  # type: ignore[arg-type]
+                lr=float(record["lr"]),  # type: ignore[arg-type]
+                grad_clip=float(record["grad-clip"]),  # type: ignore[arg-type]
+                delta_clip=float(record["delta-clip"]),  # type: ignore[arg-type]
+                threads=int(node.get("threads") or record["threads"]),  # type: ignore[call-overload]
+            )
+        except KeyError as err:
+            raise PhoneHostError(f"host task lacks the key {err.args[0]!r}") from None
+
+    def host_key(self) -> tuple[str, ...]:
+        """What the cached per-process host state depends on."""
+        return (self.data_dir, self.model.model_dump_json(), self.population.model_dump_json(),
+                self.pipeline.model_dump_json(), str(self.run_seed), str(self.seq_len), str(self.max_messages))
+
+
+@dataclass(frozen=True)
+class HostResult:
+    """Each phone's encoded update and metrics, in the order of ``phone_ids``."""
+
+    phone_ids: list[int]
+    payloads: list[bytes]
+    examples: list[int]
+    tokens: list[int]
+    losses: list[float]
+    train_s: float
+    encode_s: float
+
+    def to_content(self) -> RecordDict:
+        """The reply's records."""
+        return RecordDict({
+            "updates": ConfigRecord({"phone-ids": self.phone_ids, "payloads": self.payloads}),
+            "metrics": MetricRecord({
+                "examples": self.examples, "tokens": self.tokens, "loss": self.losses,
+                "train-s": self.train_s, "encode-s": self.encode_s,
+            }),
+        })
+
+
+@functools.lru_cache(maxsize=4)
+def _load_data(data_dir: str) -> FederatedData:
+    return FederatedData.load(data_dir)
+
+
+class PhoneHost:
+    """The per-process state of a phone host: data, population, pipeline and per-user sequences."""
+
+    def __init__(self, task: HostTask, cache_dir: str | None = None) -> None:
+        self.task = task
+        self.data = _load_data(task.data_dir)
+        self.users = self.data.train_users
+        self.population = Population.from_config(task.population, len(self.users), task.run_seed)
+        self.model = task.model.resolved()
+        if self.model.vocab_size != self.data.tokenizer.vocab_size:
+            raise PhoneHostError(
+                f"the model has {self.model.vocab_size} tokens, the data's tokenizer "
+                f"{self.data.tokenizer.vocab_size}: data-dir {task.data_dir} is not the run's data"
+            )
+        self.pipeline = UpdatePipeline(task.pipeline, self.model.num_parameters())
+        self.cache_dir = cache_dir
+        self._sequences: dict[int, SequenceBatch] = {}
+        self._onnx: OnnxLocalUpdate | None = None
+
+    def sequences(self, user: int) -> SequenceBatch:
+        """A real user's training windows (first ``max_messages`` messages), cached."""
+        if user not in self._sequences:
+            messages = self.users[user].messages
+            if self.task.max_messages:
+                messages = messages[: self.task.max_messages]
+            self._sequences[user] = message_sequences(self.data.tokenizer, messages, self.task.seq_len)
+        return self._sequences[user]
+
+    def phone_batches(self, phone_id: int, user: int, seed: int) -> tuple[Batches, int, int, int]:
+        """(batches, steps, examples, tokens) of one phone this round; its seed shuffles its rows."""
+        seqs = self.sequences(user)
+        order = np.random.default_rng(seed).permutation(len(seqs))
+        rows = seqs.take(order)
+        batches = Batches.from_rows(rows.inputs, rows.targets, rows.mask, self.task.batch_size)
+        n_batches = batches.tokens.shape[0]
+        steps = self.task.local_steps or max(1, math.ceil(self.task.local_epochs * n_batches))
+        return batches, steps, len(seqs), int(seqs.lengths.sum())
+
+    def onnx_updater(self, threads: int) -> OnnxLocalUpdate:
+        """``local_update.onnx`` for this model shape and sequence length (exported once, cached on disk)."""
+        if self._onnx is None:
+            path = onnx_graph(self.model, self.task.seq_len, self.cache_dir)
+            self._onnx = OnnxLocalUpdate(path, intra_op_threads=threads)
+        return self._onnx
+
+    def run(self, weights: np.ndarray, phone_ids: list[int], phone_seeds: list[int], round_idx: int,
+            model_version: int, threads: int) -> HostResult:
+        """Train and encode every listed phone (phones without any text are left out of the reply)."""
+        if len(phone_ids) != len(phone_seeds):
+            raise PhoneHostError("phone-ids and phone-seeds differ in length")
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        users = self.population.user_of(np.asarray(phone_ids, np.int64)) if phone_ids else np.zeros(0, np.int64)
+        kept, batches, steps, examples, tokens = [], [], [], [], []
+        for phone, user, seed in zip(phone_ids, users.tolist(), phone_seeds, strict=True):
+            if len(self.sequences(user)) == 0:
+                continue
+            b, k, n, t = self.phone_batches(phone, user, seed)
+            kept.append(phone)
+            batches.append(b)
+            steps.append(k)
+            examples.append(n)
+            tokens.append(t)
+        task = self.task
+        if task.engine == "torch":
+            result = train_phones(self.model, weights, batches, steps, lr=task.lr, grad_clip=task.grad_clip,
+                                  delta_clip=task.delta_clip)
+            deltas, losses = result.deltas, result.losses.tolist()
+        else:
+            updater = self.onnx_updater(threads)
+            deltas = np.empty((len(kept), self.model.num_parameters()), np.float32)
+            losses = []
+            for i, (b, k) in enumerate(zip(batches, steps, strict=True)):
+                out = updater(weights, b, steps=k, lr=task.lr, grad_clip=task.grad_clip,
+                              delta_clip=task.delta_clip)
+                deltas[i] = out.delta
+                losses.append(float(np.mean(out.losses)))
+        t1 = time.perf_counter()
+        payloads = (
+            self.pipeline.encode(deltas, kept, round_idx, model_version, seed=task.run_seed).messages
+            if kept else []
+        )
+        t2 = time.perf_counter()
+        return HostResult(kept, payloads, examples, tokens, [float(x) for x in losses], t1 - t0, t2 - t1)
+
+
+def onnx_graph(model: ModelConfig, seq_len: int, cache_dir: str | None = None) -> Path:
+    """Path of ``local_update.onnx`` for a model shape and sequence length, exporting it on first use.
+
+    The export goes to a private temporary folder that is renamed into place, so concurrent hosts
+    sharing a cache folder never read a half-written graph.
+    """
+    model = model.resolved()
+    key = hashlib.sha256(f"{model.model_dump_json()}|{seq_len}".encode()).hexdigest()[:16]
+    root = Path(cache_dir or tempfile.gettempdir()) / "fedkey-onnx"
+    final = root / key
+    path = final / "local_update.onnx"
+    if path.is_file():
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
+    try:
+        export_train_graphs(model, seq_len, tmp / "train_step.onnx", tmp / "local_update.onnx")
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another host finished first
+            if not path.is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+_HOSTS: dict[tuple[str, ...], PhoneHost] = {}
+
+
+def host_for(task: HostTask, cache_dir: str | None = None) -> PhoneHost:
+    """The process's cached host for this task (built on first use, reused every later round)."""
+    key = task.host_key()
+    if key not in _HOSTS:
+        _HOSTS.clear()  # a new run in the same process: drop the previous run's caches
+        _HOSTS[key] = PhoneHost(task, cache_dir)
+    return _HOSTS[key]
+
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Run every phone listed in the message and return each phone's encoded update."""
+    config = msg.content.config_records["config"]
+    task = HostTask.from_config(config, context.node_config)
+    cache_dir = context.node_config.get("cache-dir")
+    host = host_for(task, str(cache_dir) if cache_dir else None)
+    weights = msg.content.array_records["arrays"]["weights"].numpy().astype(np.float32, copy=False)
+    result = host.run(
+        weights,
+        [int(i) for i in config["phone-ids"]],  # type: ignore[union-attr]
+        [int(s) for s in config["phone-seeds"]],  # type: ignore[union-attr]
+        int(config["round"]),  # type: ignore[arg-type]
+        int(config["model-version"]),  # type: ignore[arg-type]
+        task.threads,
+    )
+    return Message(content=result.to_content(), reply_to=msg)

@@ -1,0 +1,87 @@
+"""`fedkey simulate`: federated training over a simulated phone fleet, in-process on Flower's engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import BaseModel
+
+from fedkey.cli_common import ConfigOption, SetOption, console, effective_config, user_errors
+from fedkey.config import SimulateConfig, to_toml
+
+
+def settings_help(section: str, model: type[BaseModel]) -> list[str]:
+    """One line per setting of a config section (nested sections expanded), from the field descriptions."""
+    lines = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines += settings_help(f"{section}.{name}", annotation)
+            continue
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"  {section}.{name} = {default!r}: {field.description or ''}")
+    return lines
+
+
+EPILOG = "\n\n".join([
+    "Settings (--set KEY=VALUE, or in the --config TOML):",
+    *settings_help("simulate", SimulateConfig),
+    "  \\[population]: the phone fleet (see fedkey config show and docs/devices.md)",
+    "  \\[\\[pipeline]]: update pipeline stages (clip, top_k, random_k, rotate, quantize, gaussian_noise, ...)",
+    "  \\[central_dp]: central DP-FedAvg (noise_multiplier, clip_norm, delta, target_epsilon, accountant)",
+    "Outputs and examples: docs/simulate.md.",
+])
+
+
+def simulate_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: metrics.jsonl, config.toml, "
+                                      "checkpoint.pt, participation.json, final.json, bundle/.")],
+    data: Annotated[Path | None, typer.Option(
+        "--data", "-d", help="Prepared data folder (fedkey data prepare); default: chitchat, prepared into "
+        "data/chitchat on first use.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue after OUT/checkpoint.pt (config from OUT/config.toml unless --config is given); the "
+        "result equals an uninterrupted run.")] = False,
+    rounds: Annotated[int | None, typer.Option(help="Rounds to run (simulate.rounds).", min=1)] = None,
+    cohort: Annotated[int | None, typer.Option(
+        help="Reports per round, the goal count (simulate.cohort_size).", min=1)] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Federated training of the keyboard model over a simulated phone fleet: a Flower ServerApp with
+    sampling, over-selection, deadlines and per-phone update decoding; phone hosts (virtual SuperNodes)
+    each training many phones."""
+    from fedkey.simulate import build_setup, ensure_data, run_local
+
+    def flags() -> list[str]:
+        extra = []
+        if rounds is not None:
+            extra.append(f"simulate.rounds={rounds}")
+        if cohort is not None:
+            extra.append(f"simulate.cohort_size={cohort}")
+        return extra
+
+    base = config
+    if base is None and resume and (out / "config.toml").is_file():
+        base = out / "config.toml"
+    cfg = effective_config(base, set_, flags)
+    with user_errors():
+        data_dir = ensure_data(data, cfg)
+        build_setup(cfg, data_dir)  # refuse a configuration that cannot work before Flower starts
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(to_toml(cfg))
+    run_config = {"config-file": str(out / "config.toml"), "data-dir": str(data_dir), "out": str(out),
+                  "resume": resume, "progress": True}
+    with user_errors():
+        run_local(run_config, verbose=verbose)
+    final = json.loads((out / "final.json").read_text())
+    held = final["held_out_users"]
+    console.print(f"{final['rounds']} rounds (stopped by {final['stopped_by']}), simulated "
+                  f"{final['sim_time_s'] / 3600:.2f} h: held-out recall@1 {held['recall@1']:.4f}, "
+                  f"recall@3 {held['recall@3']:.4f}")
+    console.print(f"run folder: {out}  (metrics.jsonl, config.toml, checkpoint.pt, participation.json, "
+                  f"final.json{', bundle/' if cfg.simulate.export_bundle else ''})")

@@ -1,0 +1,262 @@
+"""The Flower ``ServerApp`` of `fedkey simulate`: rounds, held-out evaluation, run outputs, resume.
+
+Loadable as ``fedkey.server.app:app`` (``flwr run .``, deployment mode). It is configured only through
+Flower's ``run_config`` (see ``fedkey.simulate.config_from_run_config``): ``out`` (run folder),
+``data-dir`` (prepared data), optional ``config-file`` (fedkey TOML), ``resume`` (bool), ``progress``
+(bool: a Rich progress bar instead of log lines) and any dotted config key as an override, e.g.
+``simulate.rounds = 5`` (``[tool.flwr.app.config.simulate]`` in pyproject.toml flattens to that).
+The data, population and phone-host task are built by the ``fedkey.simulate`` glue (the server never
+imports ``device_sim``).
+
+Each round runs :class:`~fedkey.server.strategy.FleetStrategy`'s ``configure_train`` ->
+``grid.send_and_receive`` (one message per phone host) -> ``aggregate_train``; every ``eval_every``
+rounds the server evaluates the global model on a seeded sample of held-out users
+(``models.evaluate.evaluate_model``). Outputs in the run folder:
+
+    config.toml        effective configuration
+    metrics.jsonl      one line per round: round, sim_time_s, wall_time_s (both cumulative since the
+                       run began), selected, reported, dropped, stragglers, rejected, bytes_up,
+                       bytes_down, loss, recall@1, recall@3 (null without evaluation), epsilon, delta
+    checkpoint.pt      models.checkpoint format; meta holds the round, the clock and the strategy state
+                       (server optimizer, DP accountant and ledger, participation), written atomically
+    participation.json phone ids and how many accepted updates each sent (for the histogram)
+    final.json         full held-out evaluation of the final model, rounds run, why the run stopped
+    bundle/            on-device artifact bundle of the final model (models.bundle)
+
+``resume`` continues after the checkpoint's round with the same results as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedkey.config import to_toml
+from fedkey.models.bundle import export_bundle
+from fedkey.models.checkpoint import Checkpoint
+from fedkey.models.evaluate import evaluate_model
+from fedkey.models.manifest import flatten_params, param_layout
+from fedkey.server.strategy import FleetStrategy, RoundRecord
+from fedkey.simulate import RunSettings, SimulationSetup, build_setup, config_from_run_config
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("round", "sim_time_s", "wall_time_s", "selected", "reported", "dropped", "stragglers",
+               "rejected", "bytes_up", "bytes_down", "loss", "recall@1", "recall@3", "epsilon", "delta")
+CHECKPOINT = "checkpoint.pt"
+NODE_WAIT_S = 600.0
+
+
+class ServerRunError(RuntimeError):
+    """The run cannot go on (no phone host connected, a checkpoint from another configuration...)."""
+
+
+def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Checkpoint meta must load with ``weights_only=True``: numpy arrays become tensors."""
+    return {k: _to_torch(v) if isinstance(v, Mapping) else torch.from_numpy(v.copy())
+            if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
+def _to_numpy(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _to_numpy(v) if isinstance(v, Mapping) else v.numpy() if isinstance(v, torch.Tensor) else v
+            for k, v in state.items()}
+
+
+class SimulationRun:
+    """One run's loop and outputs; :func:`serve` drives it with a Flower Grid."""
+
+    def __init__(self, settings: RunSettings, setup: SimulationSetup) -> None:
+        self.settings = settings
+        self.setup = setup
+        self.config = setup.config
+        self.out = settings.out
+        self.strategy = FleetStrategy(setup.strategy_settings, setup.fleet, setup.initial_weights,
+                                      setup.task.to_config())
+        self.next_round = 1
+        self.wall_offset_s = 0.0
+        self.stopped = "rounds"
+
+    def prepare_outputs(self) -> None:
+        """Write config.toml; on resume restore the checkpoint and drop metric lines after it."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.toml").write_text(to_toml(self.config))
+        metrics = self.out / "metrics.jsonl"
+        ckpt_path = self.out / CHECKPOINT
+        if not (self.settings.resume and ckpt_path.is_file()):
+            metrics.unlink(missing_ok=True)
+            return
+        ckpt = Checkpoint.load(ckpt_path)
+        meta = ckpt.meta
+        if meta.get("kind") != "simulate":
+            raise ServerRunError(f"{ckpt_path} is not a `fedkey simulate` checkpoint")
+        weights = flatten_params(ckpt.model.param_dict(), param_layout(ckpt.model.config))
+        self.strategy.load_state_dict(weights, _to_numpy(meta["strategy"]))
+        done = int(meta["round"])
+        self.next_round = done + 1
+        self.wall_offset_s = float(meta["wall_time_s"])
+        if metrics.is_file():
+            kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["round"] <= done]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        log.info("resuming after round %d", done)
+
+    def evaluate(self, messages: list[str], max_positions: int) -> dict[str, float]:
+        ev = self.config.eval
+        return evaluate_model(self.setup.model(self.strategy.weights), self.setup.data.tokenizer,
+                              self.setup.data.lexicon, messages, max_positions=max_positions, beam=ev.beam,
+                              max_word_pieces=ev.max_word_pieces)
+
+    def metrics_line(self, record: RoundRecord, wall_s: float, recall: dict[str, float] | None) -> dict[str, Any]:
+        line = {
+            "round": record.round, "sim_time_s": record.sim_time_s, "wall_time_s": wall_s,
+            "selected": record.selected, "reported": record.reported, "dropped": record.dropped,
+            "stragglers": record.stragglers, "rejected": record.rejected, "bytes_up": record.bytes_up,
+            "bytes_down": record.bytes_down, "loss": record.loss,
+            "recall@1": recall["recall@1"] if recall else None,
+            "recall@3": recall["recall@3"] if recall else None,
+            "epsilon": record.epsilon, "delta": record.delta,
+        }
+        assert tuple(line) == METRIC_KEYS
+        return line
+
+    def checkpoint(self, done: int, wall_s: float) -> None:
+        meta = {"kind": "simulate", "round": done, "wall_time_s": wall_s,
+                "strategy": _to_torch(self.strategy.state_dict())}
+        Checkpoint(self.setup.model(self.strategy.weights), self.setup.data.tokenizer,
+                   self.config.simulate.seq_len, self.strategy.model_version, meta).save(self.out / CHECKPOINT)
+        self.write_participation()
+
+    def write_participation(self) -> None:
+        ids = sorted(self.strategy.participation)
+        payload = {"phones": self.setup.fleet.size, "phone_ids": ids,
+                   "counts": [self.strategy.participation[i] for i in ids]}
+        tmp = self.out / "participation.json.tmp"
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, self.out / "participation.json")
+
+    def run(self, grid: Grid) -> None:
+        """All remaining rounds, then the final evaluation, checkpoint and bundle."""
+        sim = self.config.simulate
+        torch.set_num_threads(sim.threads)
+        started = time.perf_counter()
+        done = self.next_round - 1
+        wall_s = self.wall_offset_s
+        progress = _progress(self.settings.progress)
+        with progress:
+            task = progress.add_task("rounds", total=sim.rounds, completed=done)
+            for rnd in range(self.next_round, sim.rounds + 1):
+                if self.strategy.budget_exhausted():
+                    self.stopped = "privacy budget"
+                    log.warning("stopping before round %d: the central DP budget would be exceeded", rnd)
+                    break
+                messages = list(self.strategy.configure_train(rnd, self.strategy.arrays(), ConfigRecord(), grid))
+                replies = grid.send_and_receive(messages, timeout=sim.host_timeout_s) if messages else []
+                record = self.strategy.aggregate_round(rnd, replies)
+                recall = None
+                if rnd == sim.rounds or (sim.eval_every and rnd % sim.eval_every == 0):
+                    recall = self.evaluate(self.setup.eval_messages, sim.eval_positions)
+                wall_s = self.wall_offset_s + time.perf_counter() - started
+                line = self.metrics_line(record, wall_s, recall)
+                with (self.out / "metrics.jsonl").open("a") as handle:
+                    handle.write(json.dumps(line) + "\n")
+                done = rnd
+                if rnd % sim.checkpoint_every == 0:
+                    self.checkpoint(done, wall_s)
+                summary = _summary(line)
+                progress.update(task, advance=1, description=summary)
+                if not self.settings.progress:
+                    log.info("round %d/%d: %s", rnd, sim.rounds, summary)
+        self.checkpoint(done, wall_s)
+        self.finish(done)
+
+    def finish(self, done: int) -> None:
+        """Full held-out evaluation, final.json and the artifact bundle of the final model."""
+        final = {
+            "rounds": done,
+            "stopped_by": self.stopped,
+            "model_version": self.strategy.model_version,
+            "sim_time_s": self.strategy.elapsed_s,
+            "held_out_users": self.evaluate(self.setup.final_messages, self.config.eval.max_positions),
+            "parameters": self.setup.model_config.num_parameters(),
+        }
+        epsilon, delta = self.strategy.privacy_spent()
+        final |= {"epsilon": epsilon, "delta": delta}
+        (self.out / "final.json").write_text(json.dumps(final, indent=2))
+        if self.config.simulate.export_bundle:
+            export_bundle(Checkpoint.load(self.out / CHECKPOINT), self.out / "bundle", overwrite=True)
+
+
+def _summary(line: Mapping[str, Any]) -> str:
+    parts = []
+    if line["loss"] is not None:
+        parts.append(f"loss {line['loss']:.3f}")
+    if line["recall@1"] is not None:
+        parts.append(f"r@1 {line['recall@1']:.3f}")
+    if line["epsilon"] is not None:
+        parts.append(f"ε {line['epsilon']:.2f}")
+    parts.append(f"{line['reported']}/{line['selected']} reported")
+    parts.append(f"↑{line['bytes_up'] / 1e6:.2f} MB")
+    return "  ".join(parts)
+
+
+def _progress(visible: bool) -> Progress:
+    columns = (TextColumn("[bold]simulate[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}"))
+    return Progress(*columns, console=Console(stderr=True), disable=not visible)
+
+
+def wait_for_nodes(grid: Grid, wanted: int, timeout_s: float = NODE_WAIT_S) -> list[int]:
+    """Node ids once ``wanted`` phone hosts are connected (or at least one after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= wanted or (nodes and time.monotonic() > deadline):
+            return nodes
+        if time.monotonic() > deadline:
+            raise ServerRunError(f"no phone host connected within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def serve(grid: Grid, run_config: Mapping[str, Any]) -> None:
+    """Build the run from run_config and run it on ``grid``."""
+    settings = config_from_run_config(run_config)
+    setup = build_setup(settings.config, settings.data_dir)
+    run = SimulationRun(settings, setup)
+    run.prepare_outputs()
+    nodes = wait_for_nodes(grid, settings.config.simulate.phone_hosts)
+    log.info("%d phone host(s) connected", len(nodes))
+    run.run(grid)
+
+
+def make_server_app(run_config: Mapping[str, Any]) -> ServerApp:
+    """A ServerApp whose run_config entries are fixed in advance.
+
+    Flower's in-process ``run_simulation`` hands the ServerApp an empty run_config; `fedkey simulate`
+    uses this to pass its own. Entries Flower provides (``flwr run``) are overridden by these.
+    """
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        serve(grid, {**context.run_config, **run_config})
+
+    return server
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """`flwr run` / deployment entry point: everything comes from ``context.run_config``."""
+    serve(grid, context.run_config)

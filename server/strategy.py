@@ -1,0 +1,489 @@
+"""The fleet strategy: a Flower ``Strategy`` that runs production-style rounds over many phones per node.
+
+One round (Bonawitz et al. 2019: selection -> configuration -> reporting), ``configure_train``:
+
+1. Ask the :class:`~fedkey.server.fleet.Fleet` which phones are eligible at the simulated time.
+2. Select: ``uniform`` draws ``ceil(cohort_size * over_selection)`` of them (the goal count is
+   ``cohort_size``); ``poisson`` keeps each eligible phone with probability ``poisson_rate`` (the
+   sampling DP-FedAvg's amplification assumes).
+3. Simulate reporting with the fleet's device model: dropouts, and the round closing at the deadline
+   or at the goal count's report; later phones are stragglers. **Phones that will not report are not
+   trained**: their work would be discarded anyway, so the simulation only pays for reports that
+   count (their download is still counted in ``bytes_down``).
+4. Split the reporting phones round-robin over the phone hosts (Flower nodes) and send each host ONE
+   message: the global weights (``ArrayRecord`` "arrays": one flat float32 vector "weights") and a
+   ``ConfigRecord`` "config" with ``phone-ids``, ``phone-seeds``, ``round``, ``model-version`` and the
+   run's task settings (local training, pipeline, ...), which this class passes through untouched.
+
+``aggregate_train`` reads each host's reply — ``ConfigRecord`` "updates" (``phone-ids``, ``payloads``:
+one wire-format message per phone) and ``MetricRecord`` "metrics" (per-phone ``examples``, ``tokens``,
+``loss`` lists) — and decodes every phone's update on its own. An update is rejected (counted, logged,
+the round goes on) when it does not decode (a typed ``WireFormatError``), claims another phone, round
+or model version, was not asked for, or comes with no examples; a host whose reply is an error loses
+its phones' updates the same way. Accepted updates are combined in phone-id order (the result does not
+depend on reply order):
+
+- without central DP: the example-weighted mean of the deltas;
+- with central DP (DP-FedAvg, McMahan et al. 2018): each decoded delta clipped to C, summed, plus
+  N(0, (zC)^2), divided by the fixed ``cohort_size`` (a data-independent denominator); the round is
+  recorded with the ``privacy`` accountant, and no round starts that would pass the ε budget.
+
+The server optimizer (FedAvg / FedAvgM / FedAdam / FedYogi) then moves the global weights, and the
+simulated clock advances by the round's duration. Everything is deterministic from the run seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedkey.privacy.accountant import CentralDpAccountant
+from fedkey.privacy.config import CentralDpConfig
+from fedkey.privacy.ledger import DeviceLedger
+from fedkey.privacy.mechanisms import clip_rows
+from fedkey.protocol.errors import WireFormatError
+from fedkey.protocol.pipeline import DecodedUpdate, decode, decode_batch
+from fedkey.server.fleet import Fleet, IdArray
+from fedkey.server.optimizers import ServerOptimizer, ServerOptimizerSettings
+from fedkey.server.sampling import sample_poisson, sample_uniform
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_KEY = "weights"
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+UPDATES_KEY = "updates"
+METRICS_KEY = "metrics"
+DECODE_BLOCK = 64  # phones decoded together (bounds the decoded [block, d] float32 working set)
+_DP_NOISE_TAG = 0x6370  # keeps the central noise stream apart from other seeded streams
+
+
+class StrategyError(ValueError):
+    """The strategy was configured inconsistently or asked to run a round it cannot run."""
+
+
+@dataclass(frozen=True)
+class FleetStrategySettings:
+    """What the strategy needs; built from the ``simulate`` / ``central_dp`` config sections."""
+
+    cohort_size: int
+    over_selection: float = 1.3
+    sampling: Literal["uniform", "poisson"] = "uniform"
+    poisson_rate: float | None = None
+    deadline_s: float = 300.0
+    min_reports: int = 1
+    seed: int = 0
+    start_time_utc_s: float = 0.0
+    upload_estimate_bytes: float = 0.0
+    optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
+    central_dp: CentralDpConfig | None = None
+    local_dp_delta: float | None = None  # per-phone ledger δ when the pipeline has local DP noise
+
+    def __post_init__(self) -> None:
+        if self.cohort_size < 1 or self.min_reports < 1 or self.deadline_s <= 0:
+            raise StrategyError("cohort_size and min_reports must be >= 1 and deadline_s > 0")
+        if self.sampling == "poisson" and self.poisson_rate is None:
+            raise StrategyError("Poisson sampling needs poisson_rate")
+
+
+@dataclass
+class RoundRecord:
+    """What one round did (the server's half of a ``metrics.jsonl`` line)."""
+
+    round: int
+    sim_time_s: float
+    selected: int
+    reported: int
+    dropped: int
+    stragglers: int
+    rejected: int
+    accepted: int
+    bytes_up: int
+    bytes_down: int
+    loss: float | None
+    epsilon: float | None
+    delta: float | None
+    model_updated: bool
+    rejections: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    round: int
+    model_version: int
+    selected: int
+    reported_ids: IdArray
+    dropped: int
+    stragglers: int
+    close_s: float
+    bytes_down: int
+    assignment: dict[int, set[int]]  # node id -> phone ids sent to it
+
+
+@dataclass
+class _Report:
+    phone_id: int
+    payload: bytes
+    examples: int
+    loss: float
+
+
+class FleetStrategy(Strategy):
+    """Sampling, over-selection, deadlines, per-phone decode, weighted aggregation, server optimizer, DP."""
+
+    def __init__(
+        self,
+        settings: FleetStrategySettings,
+        fleet: Fleet,
+        initial_weights: np.ndarray,
+        task_config: Mapping[str, ConfigRecordValues],
+    ) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.weights = np.asarray(initial_weights, dtype=np.float32).copy()
+        self.dim = int(self.weights.shape[0])
+        self.task_config = dict(task_config)
+        self.optimizer = ServerOptimizer(settings.optimizer, self.dim)
+        dp = settings.central_dp
+        self.accountant = (
+            CentralDpAccountant(dp.delta, dp.accountant, dp.target_epsilon) if dp is not None else None
+        )
+        self.ledger = DeviceLedger(settings.local_dp_delta) if settings.local_dp_delta is not None else None
+        self.model_version = 0
+        self.elapsed_s = 0.0
+        self.participation: dict[int, int] = {}
+        self._plan: _Plan | None = None
+
+    # ---- Flower Strategy interface ------------------------------------------------------------
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        s = self.settings
+        log.info(
+            "FleetStrategy: %s sampling, cohort %d (over-selection %.2f), deadline %.0f s, optimizer %s, "
+            "central DP %s, fleet of %d phones",
+            s.sampling, s.cohort_size, s.over_selection, s.deadline_s, s.optimizer.name,
+            "on" if s.central_dp else "off", self.fleet.size,
+        )
+
+    def budget_exhausted(self) -> bool:
+        """True when one more round would take central-DP ε past the budget (training must stop)."""
+        dp = self.settings.central_dp
+        return self.accountant is not None and dp is not None and self.accountant.budget_exhausted(
+            dp.round_spec()
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Select, simulate reporting, and build one message per phone host for the reporting phones."""
+        s = self.settings
+        if self.budget_exhausted():
+            raise StrategyError(f"round {server_round}: the central DP budget is exhausted")
+        now = s.start_time_utc_s + self.elapsed_s
+        eligible = self.fleet.eligible_ids(now)
+        if s.sampling == "uniform":
+            selected = sample_uniform(
+                eligible, s.cohort_size, seed=s.seed, round_idx=server_round, over_selection=s.over_selection
+            )
+            target: int | None = s.cohort_size
+        else:
+            assert s.poisson_rate is not None
+            selected = sample_poisson(eligible, s.poisson_rate, seed=s.seed, round_idx=server_round)
+            target = None
+        model_bytes = 4 * self.dim
+        outcome = self.fleet.simulate_round(
+            selected,
+            round_idx=server_round,
+            deadline_s=s.deadline_s,
+            download_bytes=model_bytes,
+            upload_bytes=s.upload_estimate_bytes,
+            target_reports=target,
+        )
+        reporting = np.sort(np.asarray(outcome.ids[outcome.reported], dtype=np.int64))
+        nodes = sorted(grid.get_node_ids())
+        if reporting.size and not nodes:
+            raise StrategyError("no phone host (Flower node) is connected")
+        seeds = self.fleet.phone_seeds(reporting, server_round)
+        assignment: dict[int, set[int]] = {}
+        messages = []
+        base = dict(self.task_config) | dict(config)
+        for h, node in enumerate(nodes):
+            ids = reporting[h :: len(nodes)]
+            if ids.size == 0:
+                continue
+            assignment[node] = {int(i) for i in ids}
+            task = base | {
+                "phone-ids": [int(i) for i in ids],
+                "phone-seeds": [int(x) for x in seeds[h :: len(nodes)]],
+                "round": server_round,
+                "model-version": self.model_version,
+            }
+            content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord(task)})
+            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
+        self._plan = _Plan(
+            round=server_round,
+            model_version=self.model_version,
+            selected=int(outcome.ids.size),
+            reported_ids=reporting,
+            dropped=int(np.sum(outcome.dropped)),
+            stragglers=int(np.sum(outcome.straggler)),
+            close_s=float(outcome.close_s),
+            bytes_down=model_bytes * int(outcome.ids.size),
+            assignment=assignment,
+        )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode every phone's update, reject bad ones, aggregate, step the server optimizer."""
+        record = self.aggregate_round(server_round, replies)
+        metrics = {
+            k: v for k, v in asdict(record).items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        return (self.arrays() if record.model_updated else None), MetricRecord(metrics)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No federated evaluation: the server evaluates on held-out users itself."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """No federated evaluation (see :meth:`configure_evaluate`)."""
+        return None
+
+    # ---- the round's second half ---------------------------------------------------------------
+
+    def arrays(self) -> ArrayRecord:
+        """The current global weights as the ArrayRecord sent to phone hosts."""
+        return ArrayRecord({WEIGHTS_KEY: Array(self.weights)})
+
+    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> RoundRecord:
+        """Like :meth:`aggregate_train`, returning the full :class:`RoundRecord`."""
+        plan = self._plan
+        if plan is None or plan.round != server_round:
+            raise StrategyError(f"aggregate_train for round {server_round} without configure_train")
+        self._plan = None
+        rejections: dict[str, int] = {}
+
+        def reject(reason: str, count: int = 1) -> None:
+            rejections[reason] = rejections.get(reason, 0) + count
+
+        reports, bytes_up = self._collect(plan, replies, reject)
+        decoded = self._decode(plan, reports, reject)
+        accepted = [(r, u) for r, u in decoded if u is not None]
+        s = self.settings
+        dp = s.central_dp
+        updated = False
+        if dp is not None:
+            self._apply(self._dp_mean([u.delta for _, u in accepted], dp, server_round))
+            assert self.accountant is not None
+            self.accountant.step(dp.round_spec(), enforce=True)
+            updated = True
+        elif len(accepted) >= s.min_reports:
+            self._apply(self._weighted_mean(accepted))
+            updated = True
+        for r, u in accepted:
+            self.participation[r.phone_id] = self.participation.get(r.phone_id, 0) + 1
+            ledger_record = u.ledger_record()
+            if self.ledger is not None and ledger_record is not None:
+                self.ledger.record(**ledger_record)
+        if updated:
+            self.model_version += 1
+        self.elapsed_s += plan.close_s
+        examples = sum(r.examples for r, _ in accepted)
+        loss = sum(r.loss * r.examples for r, _ in accepted) / examples if examples else None
+        epsilon, delta = self.privacy_spent()
+        for reason, count in rejections.items():
+            log.warning("round %d: rejected %d update(s): %s", server_round, count, reason)
+        return RoundRecord(
+            round=server_round,
+            sim_time_s=self.elapsed_s,
+            selected=plan.selected,
+            reported=int(plan.reported_ids.size),
+            dropped=plan.dropped,
+            stragglers=plan.stragglers,
+            rejected=sum(rejections.values()),
+            accepted=len(accepted),
+            bytes_up=bytes_up,
+            bytes_down=plan.bytes_down,
+            loss=loss,
+            epsilon=epsilon,
+            delta=delta,
+            model_updated=updated,
+            rejections=rejections,
+        )
+
+    def privacy_spent(self) -> tuple[float | None, float | None]:
+        """(ε, δ): central DP-FedAvg if on, else the largest per-phone local-DP ε, else (None, None)."""
+        if self.accountant is not None:
+            return self.accountant.epsilon(), self.accountant.delta
+        if self.ledger is not None:
+            return self.ledger.max_epsilon(), self.ledger.delta
+        return None, None
+
+    def _collect(
+        self, plan: _Plan, replies: Iterable[Message], reject: Any
+    ) -> tuple[list[_Report], int]:
+        """Per-phone reports out of the hosts' replies, checked against what each host was asked."""
+        reports: dict[int, _Report] = {}
+        bytes_up = 0
+        answered: set[int] = set()
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            asked = plan.assignment.get(node)
+            if asked is None or node in answered:
+                continue
+            answered.add(node)
+            if msg.has_error():
+                log.warning("phone host %d failed: %s", node, msg.error.reason)
+                reject("phone host failed", len(asked))
+                continue
+            try:
+                ids, payloads, examples, losses = _read_reply(msg.content)
+            except (KeyError, TypeError, ValueError) as err:
+                log.warning("phone host %d sent a malformed reply: %s", node, err)
+                reject("malformed host reply", len(asked))
+                continue
+            for phone, payload, n, loss in zip(ids, payloads, examples, losses, strict=True):
+                bytes_up += len(payload)
+                if phone not in asked or phone in reports:
+                    reject("phone not asked (or twice)")
+                elif n < 1 or not np.isfinite(loss):
+                    reject("no examples or non-finite loss")
+                else:
+                    reports[phone] = _Report(phone, payload, n, loss)
+            missing = len(asked - set(ids))
+            if missing:
+                reject("missing from host reply", missing)
+        for node, asked in plan.assignment.items():
+            if node not in answered:
+                reject("phone host did not answer", len(asked))
+        return [reports[p] for p in sorted(reports)], bytes_up
+
+    def _decode(
+        self, plan: _Plan, reports: list[_Report], reject: Any
+    ) -> list[tuple[_Report, DecodedUpdate | None]]:
+        """Decode in blocks; a block with a bad message falls back to one-by-one decoding."""
+        out: list[tuple[_Report, DecodedUpdate | None]] = []
+        for start in range(0, len(reports), DECODE_BLOCK):
+            block = reports[start : start + DECODE_BLOCK]
+            try:
+                updates: list[DecodedUpdate | None] = list(
+                    decode_batch([r.payload for r in block], self.dim).updates
+                )
+            except WireFormatError:
+                updates = []
+                for r in block:
+                    try:
+                        updates.append(decode(r.payload, self.dim))
+                    except WireFormatError as err:
+                        reject(f"undecodable ({type(err).__name__})")
+                        updates.append(None)
+            for r, u in zip(block, updates, strict=True):
+                if u is None:
+                    out.append((r, None))
+                    continue
+                h = u.header
+                if (h.phone_id, h.round, h.model_version) != (r.phone_id, plan.round, plan.model_version):
+                    reject("wrong phone, round or model version in header")
+                    out.append((r, None))
+                elif not np.isfinite(u.delta).all():
+                    reject("non-finite update")
+                    out.append((r, None))
+                else:
+                    out.append((r, u))
+        return out
+
+    def _weighted_mean(self, accepted: list[tuple[_Report, DecodedUpdate]]) -> np.ndarray:
+        total = np.zeros(self.dim, np.float64)
+        weight = 0.0
+        for r, u in accepted:
+            total += r.examples * u.delta.astype(np.float64)
+            weight += r.examples
+        return (total / weight).astype(np.float32)
+
+    def _dp_mean(self, deltas: list[np.ndarray], dp: CentralDpConfig, server_round: int) -> np.ndarray:
+        """DP-FedAvg: clip each delta to C, sum, add N(0, (zC)^2), divide by the fixed cohort size.
+
+        The same arithmetic as ``privacy.mechanisms.central_noised_sum``, streamed over blocks of
+        phones so a large cohort never needs an [n, d] float64 array.
+        """
+        total = np.zeros(self.dim, np.float64)
+        for start in range(0, len(deltas), DECODE_BLOCK):
+            clipped, _ = clip_rows(np.stack(deltas[start : start + DECODE_BLOCK]), dp.clip_norm)
+            total += clipped.sum(axis=0)
+        rng = np.random.default_rng(np.random.SeedSequence([self.settings.seed, server_round, _DP_NOISE_TAG]))
+        total += rng.standard_normal(self.dim) * dp.noise_multiplier * dp.clip_norm
+        return (total / self.settings.cohort_size).astype(np.float32)
+
+    def _apply(self, pseudo_gradient: np.ndarray) -> None:
+        self.weights = self.optimizer.step(self.weights, pseudo_gradient)
+
+    # ---- checkpoint state ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that a resumed run needs to continue identically."""
+        ids = sorted(self.participation)
+        return {
+            "model_version": self.model_version,
+            "elapsed_s": self.elapsed_s,
+            "optimizer": self.optimizer.state_dict(),
+            "accountant": json.dumps(self.accountant.to_dict()) if self.accountant else "",
+            "ledger": self.ledger.to_json() if self.ledger else "",
+            "participation_ids": np.array(ids, np.int64),
+            "participation_counts": np.array([self.participation[i] for i in ids], np.int64),
+        }
+
+    def load_state_dict(self, weights: np.ndarray, state: Mapping[str, Any]) -> None:
+        """Restore the weights and :meth:`state_dict` output."""
+        weights = np.asarray(weights, dtype=np.float32)
+        if weights.shape != (self.dim,):
+            raise StrategyError(f"checkpoint weights have shape {weights.shape}, the model needs ({self.dim},)")
+        self.weights = weights.copy()
+        self.model_version = int(state["model_version"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self.optimizer.load_state_dict({k: np.asarray(v) for k, v in state["optimizer"].items()})
+        if self.accountant is not None:
+            if not state["accountant"]:
+                raise StrategyError("central DP is on but the checkpoint has no accountant state")
+            self.accountant = CentralDpAccountant.from_dict(json.loads(state["accountant"]))
+        if self.ledger is not None and state["ledger"]:
+            self.ledger = DeviceLedger.from_json(state["ledger"])
+        ids = np.asarray(state["participation_ids"]).tolist()
+        counts = np.asarray(state["participation_counts"]).tolist()
+        self.participation = dict(zip(ids, counts, strict=True))
+
+
+def _read_reply(content: RecordDict) -> tuple[list[int], list[bytes], list[int], list[float]]:
+    """(phone ids, payloads, examples, losses) of a host reply; raises on a malformed one."""
+    updates = content.config_records[UPDATES_KEY]
+    metrics = content.metric_records[METRICS_KEY]
+    ids = [int(i) for i in updates["phone-ids"]]  # type: ignore[union-attr]
+    payloads = list(updates["payloads"])  # type: ignore[arg-type]
+    examples = [int(n) for n in metrics["examples"]]  # type: ignore[union-attr]
+    losses = [float(x) for x in metrics["loss"]]  # type: ignore[union-attr]
+    if not (len(ids) == len(payloads) == len(examples) == len(losses)):
+        raise ValueError("phone-ids, payloads, examples and loss differ in length")
+    if not all(isinstance(p, bytes) for p in payloads):
+        raise TypeError("payloads must be bytes")
+    return ids, payloads, examples, losses
