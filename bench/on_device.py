@@ -42,7 +42,8 @@ from fedkey.models.manifest import load_bundle
 from fedkey.models.onnx_local_update import Batches, local_update_onnx, local_update_torch
 from fedkey.models.onnx_predict import OnnxPredictor, make_session
 from fedkey.models.onnx_train import sgd_step
-from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, normalize, train_tokenizer
+from fedkey.models.sequences import message_sequences
+from fedkey.models.tokenizer import BOS_ID, Tokenizer, normalize, train_tokenizer
 
 MB = 1_000_000
 
@@ -113,19 +114,10 @@ def split_users(users: dict[str, list[str]]) -> tuple[list[str], list[str]]:
     return train, held_out
 
 
-def windows(tok: Tokenizer, messages: list[str], seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[BOS] pieces [EOS] per message, cut into rows of seq_len (inputs, targets, mask)."""
-    rows = []
-    for ids in tok.encode_batch(messages):
-        full = [BOS_ID, *ids, EOS_ID]
-        rows.extend(full[s : s + seq_len + 1] for s in range(0, len(full) - 1, seq_len))
-    inputs = np.full((len(rows), seq_len), PAD_ID, np.int64)
-    targets = np.full((len(rows), seq_len), PAD_ID, np.int64)
-    mask = np.zeros((len(rows), seq_len), np.float32)
-    for i, row in enumerate(rows):
-        n = len(row) - 1
-        inputs[i, :n], targets[i, :n], mask[i, :n] = row[:-1], row[1:], 1.0
-    return inputs, targets, mask
+def rows(tok: Tokenizer, messages: list[str], seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training rows (inputs, targets, mask), each [R, seq_len], as every fedkey trainer builds them."""
+    seqs = message_sequences(tok, messages, seq_len)
+    return seqs.inputs, seqs.targets, seqs.mask
 
 
 def train_briefly(model: CifgLstm, data: tuple[np.ndarray, np.ndarray, np.ndarray], seconds: float) -> int:
@@ -170,14 +162,17 @@ class PeakRss:
         return (self.peak - self.base) / MB
 
 
-def median_ms(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median milliseconds of each function, calling them in turn so that all see the same machine load."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
 def agreement(bundle_dir: Path, held: tuple[np.ndarray, ...]) -> tuple[float, float, float]:
@@ -223,8 +218,7 @@ def bench_preset(
     p50_32, p95_32 = token_latency(out / "predict.onnx", stream)
     p50_8, p95_8 = token_latency(out / "predict.int8.onnx", stream)
 
-    rows = slice(0, s.step_batch)
-    batch = tuple(a[rows] for a in train_rows)
+    batch = tuple(a[: s.step_batch] for a in train_rows)
     feeds = {
         "weights": bundle.weights,
         "tokens": batch[0],
@@ -233,9 +227,10 @@ def bench_preset(
         "lr": np.array(0.1, np.float32),
         "clip": np.array(1.0, np.float32),
     }
-    with PeakRss() as onnx_mem:
+    with PeakRss() as onnx_mem:  # session creation and two steps
         session = make_session(out / "train_step.onnx")
-        onnx_ms = median_ms(lambda: session.run(None, feeds), s.step_reps)
+        for _ in range(2):
+            session.run(None, feeds)
 
     model = CifgLstm(ckpt.model.config)
     model.load_state_dict(ckpt.model.state_dict())
@@ -250,17 +245,32 @@ def bench_preset(
         sgd.step()
 
     with PeakRss() as torch_mem:
-        torch_ms = median_ms(torch_step, s.step_reps)
+        for _ in range(2):
+            torch_step()
     flat, shapes = torch.from_numpy(bundle.weights), ckpt.model.config.param_shapes()
     lr, clip = torch.tensor(0.1), torch.tensor(1.0)
-    func_ms = median_ms(lambda: sgd_step(flat, *tb, lr, clip, shapes), s.step_reps)
+    step_ms = interleaved_median_ms(
+        {
+            "onnx": lambda: session.run(None, feeds),
+            "torch": torch_step,
+            "func": lambda: sgd_step(flat, *tb, lr, clip, shapes),
+        },
+        s.step_reps,
+    )
+    onnx_ms, torch_ms, func_ms = step_ms["onnx"], step_ms["torch"], step_ms["func"]
 
     phone = Batches.from_rows(*(a[: 4 * s.step_batch] for a in train_rows), batch_size=s.step_batch)
     kwargs = {"steps": s.local_steps, "lr": 0.1, "grad_clip": 1.0, "delta_clip": 0.5}
     local_session = make_session(out / "local_update.onnx")
-    local_onnx_ms = median_ms(lambda: local_update_onnx(local_session, bundle.weights, phone, **kwargs), 2)
     config = ckpt.model.config
-    local_torch_ms = median_ms(lambda: local_update_torch(config, bundle.weights, phone, **kwargs), 2)
+    local_ms = interleaved_median_ms(
+        {
+            "onnx": lambda: local_update_onnx(local_session, bundle.weights, phone, **kwargs),
+            "torch": lambda: local_update_torch(config, bundle.weights, phone, **kwargs),
+        },
+        2,
+    )
+    local_onnx_ms, local_torch_ms = local_ms["onnx"], local_ms["torch"]
 
     m = bundle.manifest
     print(
@@ -309,8 +319,8 @@ def main() -> None:
         tok, seq_len = ckpt.tokenizer, ckpt.seq_len
     else:
         tok, seq_len = train_tokenizer(train_msgs[: s.tokenizer_messages], vocab_size=8192), s.seq_len
-    train_rows = windows(tok, train_msgs, seq_len)
-    held = windows(tok, held_msgs[: s.eval_messages], seq_len)
+    train_rows = rows(tok, train_msgs, seq_len)
+    held = rows(tok, held_msgs[: s.eval_messages], seq_len)
     print(
         f"chitchat: {len(train_msgs):,} train / {len(held_msgs):,} held-out messages; "
         f"tokenizer {tok.vocab_size} pieces ({time.perf_counter() - started:.1f} s)"

@@ -14,7 +14,7 @@ from fedkey.models.onnx_local_update import (
     OnnxLocalUpdate,
     TorchLocalUpdate,
 )
-from fedkey.models.tokenizer import BOS_ID, EOS_ID
+from fedkey.models.sequences import message_sequences
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +23,9 @@ def bundle():
 
 
 def phone_batches(seed: int, batch_size: int = 4) -> Batches:
-    """A phone's messages as rows of [BOS] pieces [EOS] cut into SEQ_LEN windows, then batched."""
-    tok = fx.tokenizer()
-    rows_in, rows_out, rows_mask = [], [], []
-    for text in fx.sentences(6, seed=seed):
-        full = [BOS_ID, *tok.encode(text), EOS_ID]
-        for start in range(0, len(full) - 1, fx.SEQ_LEN):
-            window = full[start : start + fx.SEQ_LEN + 1]
-            n = len(window) - 1
-            rows_in.append(window[:-1] + [0] * (fx.SEQ_LEN - n))
-            rows_out.append(window[1:] + [0] * (fx.SEQ_LEN - n))
-            rows_mask.append([1.0] * n + [0.0] * (fx.SEQ_LEN - n))
-    return Batches.from_rows(
-        np.array(rows_in, np.int64), np.array(rows_out, np.int64), np.array(rows_mask, np.float32), batch_size
-    )
+    """A phone's messages as training rows (models/sequences.py), then batched."""
+    seqs = message_sequences(fx.tokenizer(), fx.sentences(6, seed=seed), fx.SEQ_LEN)
+    return Batches.from_rows(seqs.inputs, seqs.targets, seqs.mask, batch_size)
 
 
 def test_from_rows_pads_last_batch() -> None:
