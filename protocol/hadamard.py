@@ -24,20 +24,28 @@ def padded_length(m: int, block: int) -> int:
     return -(-m // block) * block
 
 
+# Blocks transformed together: about 256 KiB of float64, so all log2(B) levels run in cache.
+_GROUP_VALUES = 32768
+
+
 def fwht_blocks(x: np.ndarray, block: int) -> np.ndarray:
     """Unnormalised Walsh–Hadamard transform of each length-`block` block of the rows of x (float64)."""
     n, length = x.shape
     y = np.array(x, dtype=np.float64).reshape(n * (length // block), block)
-    diff = np.empty((y.shape[0], block // 2))
-    h = 1
-    while h < block:
-        v = y.reshape(y.shape[0], block // (2 * h), 2, h)
-        a, b = v[:, :, 0, :], v[:, :, 1, :]
-        d = diff.reshape(y.shape[0], block // (2 * h), h)
-        np.subtract(a, b, out=d)
-        a += b
-        b[...] = d
-        h *= 2
+    per_group = max(1, _GROUP_VALUES // block)
+    diff = np.empty((per_group, block // 2))
+    for start in range(0, y.shape[0], per_group):
+        g = y[start : start + per_group]
+        rows = g.shape[0]
+        h = 1
+        while h < block:
+            v = g.reshape(rows, block // (2 * h), 2, h)
+            a, b = v[:, :, 0, :], v[:, :, 1, :]
+            d = diff[:rows].reshape(rows, block // (2 * h), h)
+            np.subtract(a, b, out=d)
+            a += b
+            b[...] = d
+            h *= 2
     return y.reshape(n, length)
 
 
