@@ -24,6 +24,7 @@ top-k 1% + 4-bit; speedup of encode+decode vectorised over the cohort vs one pho
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -103,6 +104,15 @@ def local_round_seconds() -> float:
     return time.perf_counter() - t0
 
 
+def true_mean(x: np.ndarray, clip_norm: float | None) -> np.ndarray:
+    """Mean of the rows (clipped first if the pipeline clips), in float64, 8 rows at a time."""
+    total = np.zeros(x.shape[1])
+    for start in range(0, x.shape[0], 8):
+        rows = x[start : start + 8].astype(np.float64)
+        total += (clip_rows(rows, clip_norm)[0] if clip_norm is not None else rows).sum(axis=0)
+    return total / x.shape[0]
+
+
 def measure(name: str, stages: list[dict[str, Any]], x: np.ndarray, dim: int) -> dict[str, Any]:
     n = x.shape[0]
     pipe = UpdatePipeline(stages, dim)
@@ -112,8 +122,7 @@ def measure(name: str, stages: list[dict[str, Any]], x: np.ndarray, dim: int) ->
     t1 = time.perf_counter()
     dec = decode_batch(enc.messages, dim)
     t2 = time.perf_counter()
-    truth_rows = clip_rows(x, stages[0]["norm"])[0] if stages and stages[0]["kind"] == "clip" else x
-    truth = truth_rows.astype(np.float64).mean(axis=0)
+    truth = true_mean(x, stages[0]["norm"] if stages and stages[0]["kind"] == "clip" else None)
     mean_dec = dec.deltas.astype(np.float64).mean(axis=0)
     err = mean_dec - truth
     tnorm2 = float(truth @ truth)
@@ -144,7 +153,8 @@ def render_section(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [
         SECTION,
         "",
-        f"Measured by `{info['command']}` on {info['machine']} ({info['date']}); default model, "
+        f"Measured by `{info['command']}` on {info['machine']} ({info['date']}; load average "
+        f"{info['load']:.1f} from other jobs sharing the machine, so times are pessimistic); default model, "
         f"d = {dim:,} parameters, {n} phones, synthetic heavy-tailed deltas (see the bench docstring). "
         "Encode and decode are each one vectorised call over the whole cohort.",
         "",
@@ -235,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             "phones": n,
             "dim": dim,
             "command": command + f" --results-md {args.results_md}",
-            "machine": f"{platform.machine()} {platform.processor() or platform.system()}, numpy {np.__version__}",
+            "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, numpy {np.__version__}",
             "date": time.strftime("%Y-%m-%d"),
+            "load": os.getloadavg()[0],
             "headline": head,
             "vec_s": vec_s,
             "single_s": single_s,
