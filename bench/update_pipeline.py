@@ -9,7 +9,7 @@ For the default model (~1.25M parameters) and a cohort of phones (256; 32 with -
   bias as the relative projection <mean_decoded − mean_true, mean_true> / ‖mean_true‖²
   (0 for an unbiased scheme; −0.3 means the mean shrinks by 30% along the truth);
 - as a yardstick, the measured time of one local training round of the same model on this machine
-  (4 SGD steps, batch 16 × 20 tokens, 2 torch threads — the size of a keyboard user's local epoch).
+  (4 SGD steps, batch 16 × 20 tokens, 1 torch thread — the size of a keyboard user's local epoch).
 
 Synthetic deltas: a shared heavy-tailed direction plus per-phone variation of the same scale profile
 (per-coordinate scales lognormal(0, 1.5), so a few coordinates carry most of the energy, as in a
@@ -78,12 +78,12 @@ def make_deltas(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def local_round_seconds() -> float:
-    """Wall time of one local round (4 SGD steps, batch 16 × 20) of the default model, 2 torch threads."""
+    """Wall time of one local round (4 SGD steps, batch 16 × 20) of the default model, 1 torch thread."""
     import torch
 
     from fedkey.models.cifg_lstm import CifgLstm
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     model = CifgLstm(ModelConfig(preset="default"), seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(0)
@@ -174,7 +174,7 @@ def render_section(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         f"Encode+decode of all {n} updates: {info['vec_s']:.2f} s vectorised "
         f"({n / info['vec_s']:.1f} updates/s, {info['mb_s']:.0f} MB/s of fp32 deltas) vs {info['single_s']:.2f} s "
         f"one phone at a time (speedup {info['speedup']:.2f}×). One local training round of the same model "
-        f"(4 SGD steps, batch 16×20, 2 threads) took {info['train_s']:.2f} s here, so encode+decode costs "
+        f"(4 SGD steps, batch 16×20, 1 torch thread) took {info['train_s']:.2f} s here, so encode+decode costs "
         f"{info['vec_s'] / n / info['train_s'] * 100:.0f}% of a phone's local round "
         f"({info['vec_s']:.1f} s for the cohort vs {info['train_s'] * n:.0f} s of local training).",
         "",
