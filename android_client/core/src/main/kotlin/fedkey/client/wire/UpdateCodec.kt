@@ -138,6 +138,9 @@ class UpdateEncoder(val config: List<StageConfig>, val dim: Int, private val ran
             is Stage.Rotate -> w.values = Kernels.rotate(x, sharedSeed, stage.block)
             is Stage.Quantize -> {
                 w.quantized = Kernels.quantize(x, privateSeed, stage.bits, stage.chunk)
+                if (w.quantized!!.scale.any { !it.isFinite() }) {
+                    throw PipelineInputError("a chunk's value range overflows float32; these values cannot be quantized")
+                }
                 w.values = null
             }
         }
@@ -175,7 +178,13 @@ class UpdateEncoder(val config: List<StageConfig>, val dim: Int, private val ran
             parts.write(Kernels.pack(q.codes, bits))
         } else {
             val v = w.values!!
-            parts.write(Bytes.le(4 * v.size) { v.forEach { putFloat(it.toFloat()) } })
+            parts.write(Bytes.le(4 * v.size) {
+                v.forEach {
+                    val f = it.toFloat()
+                    if (!f.isFinite()) throw PipelineInputError("a value overflows float32 and cannot be sent")
+                    putFloat(f)
+                }
+            })
         }
         val crc = CRC32().also { it.update(parts.toByteArray()) }.value
         parts.write(Bytes.le(4) { putInt(crc.toInt()) })
