@@ -33,7 +33,7 @@ def direct_pld(z: float, q: float, steps: int, delta: float) -> float:
 
 DELTAS = (1e-5, 1e-8)
 RDP_GRID = list(itertools.product([0.7, 1.1, 2.0], [0.001, 0.01, 0.1], [1, 2000]))
-PLD_GRID = [(1.2, 0.01, 300), (2.0, 0.05, 10), (1.5, 0.02, 100), (0.9, 0.004, 1000)]
+PLD_GRID = [(1.2, 0.01, 300), (2.0, 0.05, 10), (1.5, 0.02, 100), (1.0, 0.004, 300)]
 
 
 @pytest.mark.parametrize(("z", "q", "steps"), RDP_GRID)
