@@ -170,6 +170,7 @@ class FleetStrategy(Strategy):
         self.elapsed_s = 0.0
         self.participation: dict[int, int] = {}
         self._plan: _Plan | None = None
+        self._epsilons: dict[int, float] = {}
 
     # ---- Flower Strategy interface ------------------------------------------------------------
 
@@ -186,9 +187,22 @@ class FleetStrategy(Strategy):
     def budget_exhausted(self) -> bool:
         """True when one more round would take central-DP ε past the budget (training must stop)."""
         dp = self.settings.central_dp
-        return self.accountant is not None and dp is not None and self.accountant.budget_exhausted(
-            dp.round_spec()
-        )
+        if dp is None or dp.target_epsilon is None:
+            return False
+        return self._central_epsilon(1) > dp.target_epsilon
+
+    def _central_epsilon(self, more_rounds: int) -> float:
+        """Central ε at δ after ``more_rounds`` more rounds; every round has the same spec, so values
+        are cached by round count (one dp-accounting composition per round, not two)."""
+        dp = self.settings.central_dp
+        assert self.accountant is not None and dp is not None
+        total = self.accountant.rounds + more_rounds
+        if total not in self._epsilons:
+            self._epsilons[total] = (
+                self.accountant.epsilon_after(dp.round_spec(), more_rounds) if more_rounds
+                else self.accountant.epsilon()
+            )
+        return self._epsilons[total]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -297,7 +311,7 @@ class FleetStrategy(Strategy):
         if dp is not None:
             self._apply(self._dp_mean([u.delta for _, u in accepted], dp, server_round))
             assert self.accountant is not None
-            self.accountant.step(dp.round_spec(), enforce=True)
+            self.accountant.step(dp.round_spec())  # configure_train refused a round past the budget
             updated = True
         elif len(accepted) >= s.min_reports:
             self._apply(self._weighted_mean(accepted))
@@ -336,7 +350,7 @@ class FleetStrategy(Strategy):
     def privacy_spent(self) -> tuple[float | None, float | None]:
         """(ε, δ): central DP-FedAvg if on, else the largest per-phone local-DP ε, else (None, None)."""
         if self.accountant is not None:
-            return self.accountant.epsilon(), self.accountant.delta
+            return self._central_epsilon(0), self.accountant.delta
         if self.ledger is not None:
             return self.ledger.max_epsilon(), self.ledger.delta
         return None, None
@@ -467,6 +481,7 @@ class FleetStrategy(Strategy):
             if not state["accountant"]:
                 raise StrategyError("central DP is on but the checkpoint has no accountant state")
             self.accountant = CentralDpAccountant.from_dict(json.loads(state["accountant"]))
+            self._epsilons = {}
         if self.ledger is not None and state["ledger"]:
             self.ledger = DeviceLedger.from_json(state["ledger"])
         ids = np.asarray(state["participation_ids"]).tolist()

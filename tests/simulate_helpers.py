@@ -1,0 +1,68 @@
+"""Helpers for the simulation tests: a tiny run configuration and an in-process stand-in for Flower's Grid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from flwr.app import Context, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedkey.config import FedkeyConfig, load_config
+from fedkey.device_sim import phone_host
+
+TINY = [
+    "model.embed_dim=8", "model.hidden_dim=16", "simulate.rounds=3", "simulate.cohort_size=6",
+    "simulate.seq_len=8", "simulate.local_batch_size=4", "simulate.max_messages_per_phone=8",
+    "simulate.eval_users=3", "simulate.eval_positions=40", "simulate.eval_every=2", "eval.max_positions=60",
+    "simulate.export_bundle=false",
+]
+
+
+def tiny_config(*overrides: str) -> FedkeyConfig:
+    """A configuration small enough for unit tests (tiny model, few phones, few positions)."""
+    return load_config(None, [*TINY, *overrides])
+
+
+Tamper = Callable[[Message], Message]
+
+
+class LocalGrid:
+    """Delivers each message straight to the phone-host ClientApp function, in this process.
+
+    The same message flow as Flower's simulation engine without Ray: fast enough for unit tests.
+    ``tamper`` may rewrite a host's reply (to test rejection).
+    """
+
+    def __init__(self, n_nodes: int = 2, tamper: Tamper | None = None) -> None:
+        # what Flower's runtime sets before a ServerApp builds messages
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+        self.nodes = [101 + i for i in range(n_nodes)]
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
+                         for n in self.nodes}
+        self.tamper = tamper
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}-{i}"
+            self.sent.append(msg)
+            reply = phone_host.train(msg, self.contexts[msg.metadata.dst_node_id])
+            replies.append(self.tamper(reply) if self.tamper else reply)
+        return replies
+
+
+def write_corpus_data(root: Path) -> Path:
+    """A prepared data folder from the shared synthetic corpus (tests/conftest.py)."""
+    from conftest import write_jsonl_corpus
+
+    from fedkey.device_sim.federated_data import prepare
+
+    corpus = write_jsonl_corpus(root / "corpus.jsonl")
+    prepare(f"jsonl:{corpus}", root / "data", vocab_size=64, lexicon_size=50)
+    return root / "data"

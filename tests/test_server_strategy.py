@@ -1,0 +1,168 @@
+"""The fleet strategy with real phone hosts over an in-process grid: selection, deadlines, rejection, DP."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from simulate_helpers import LocalGrid, tiny_config
+
+from fedkey.server.strategy import FleetStrategy
+from fedkey.simulate import build_setup
+
+torch.set_num_threads(1)
+
+
+def strategy_for(prepared, *overrides: str) -> FleetStrategy:
+    setup = build_setup(tiny_config(*overrides), prepared.root)
+    return FleetStrategy(setup.strategy_settings, setup.fleet, setup.initial_weights, setup.task.to_config())
+
+
+def run_round(strategy: FleetStrategy, grid: LocalGrid, rnd: int):
+    messages = list(strategy.configure_train(rnd, strategy.arrays(), ConfigRecord(), grid))
+    return strategy.aggregate_round(rnd, grid.send_and_receive(messages)), messages
+
+
+def phones_sent(messages: list[Message]) -> list[int]:
+    return sorted(i for m in messages for i in m.content.config_records["config"]["phone-ids"])
+
+
+def test_over_selection_goal_count_and_only_reporting_phones_train(prepared):
+    strategy = strategy_for(prepared, "simulate.cohort_size=5", "simulate.over_selection=1.5")
+    record, messages = run_round(strategy, LocalGrid(n_nodes=2), 1)
+    assert record.selected == math.ceil(5 * 1.5)
+    assert record.reported <= 5  # the round closes at the goal count
+    assert record.selected == record.reported + record.dropped + record.stragglers
+    assert len(messages) == 2  # one message per phone host, each listing several phones
+    assert len(phones_sent(messages)) == record.reported == record.accepted
+    assert record.model_updated and record.rejected == 0
+
+
+def test_tight_deadline_makes_stragglers_and_a_shorter_round(prepared):
+    strategy = strategy_for(prepared, "simulate.cohort_size=20", "population.size=500",
+                            "population.availability.daytime_floor=1.0", "population.availability.peak_probability=1.0",
+                            "population.devices.download_median_mb_s=0.01")
+    fastest = strategy.fleet.fastest_round_s(4 * strategy.dim, strategy.settings.upload_estimate_bytes)
+    deadline = fastest * 1.05
+    strategy.settings = dataclasses.replace(strategy.settings, deadline_s=deadline)
+    record, messages = run_round(strategy, LocalGrid(), 1)
+    assert record.stragglers > 0
+    assert record.reported + record.dropped + record.stragglers == record.selected
+    assert record.sim_time_s == pytest.approx(deadline)  # the goal count was not reached: the deadline closed it
+    outcome = strategy.fleet.simulate_round(np.array(phones_sent(messages)), round_idx=1, deadline_s=1e9,
+                                            download_bytes=4 * strategy.dim,
+                                            upload_bytes=strategy.settings.upload_estimate_bytes,
+                                            target_reports=None)
+    assert (outcome.duration_s <= deadline).all()  # every phone trained had made the deadline
+
+
+def test_poisson_selection_rate(prepared):
+    strategy = strategy_for(prepared, "simulate.sampling='poisson'", "simulate.poisson_rate=0.5",
+                            "population.availability.daytime_floor=1.0",
+                            "population.availability.peak_probability=1.0")
+    n = strategy.fleet.size
+    counts = []
+    for rnd in range(1, 41):
+        strategy.configure_train(rnd, strategy.arrays(), ConfigRecord(), LocalGrid())
+        counts.append(strategy._plan.selected)  # type: ignore[union-attr]
+    assert abs(np.mean(counts) - 0.5 * n) < 4 * math.sqrt(0.25 * n / len(counts))
+    assert np.std(counts) > 0
+
+
+def corrupt_first_payload(reply: Message) -> Message:
+    updates = reply.content.config_records["updates"]
+    payloads = list(updates["payloads"])
+    bad = bytearray(payloads[0])
+    bad[len(bad) // 2] ^= 0xFF
+    payloads[0] = bytes(bad)
+    updates["payloads"] = payloads
+    return reply
+
+
+def test_a_corrupt_update_is_rejected_and_the_round_goes_on(prepared):
+    strategy = strategy_for(prepared)
+    before = strategy.weights.copy()
+    record, _ = run_round(strategy, LocalGrid(n_nodes=2, tamper=corrupt_first_payload), 1)
+    assert record.rejected == 2  # the first phone of each host
+    assert record.accepted == record.reported - 2 > 0
+    assert record.model_updated and not np.array_equal(before, strategy.weights)
+    assert any("undecodable" in reason for reason in record.rejections)
+
+
+def test_a_replayed_update_from_another_round_is_rejected(prepared):
+    strategy = strategy_for(prepared)
+    grid = LocalGrid(n_nodes=1)
+    _, first = run_round(strategy, grid, 1)
+    old = grid.send_and_receive(first)  # round-1 updates (built on model version 0)
+    messages = list(strategy.configure_train(2, strategy.arrays(), ConfigRecord(), grid))
+    replies = grid.send_and_receive(messages)
+    updates = replies[0].content.config_records["updates"]
+    stale = old[0].content.config_records["updates"]
+    common = set(updates["phone-ids"]) & set(stale["phone-ids"])
+    assert common, "the fixed seed puts some phone in both rounds"
+    payloads = list(updates["payloads"])
+    for phone in common:
+        payloads[list(updates["phone-ids"]).index(phone)] = stale["payloads"][list(stale["phone-ids"]).index(phone)]
+    updates["payloads"] = payloads
+    record = strategy.aggregate_round(2, replies)
+    assert record.rejected == len(common)
+    assert record.rejections == {"wrong phone, round or model version in header": len(common)}
+
+
+def test_a_failed_host_loses_only_its_phones(prepared):
+    def fail_second(reply: Message) -> Message:
+        if reply.metadata.src_node_id == 102:
+            return Message(content=RecordDict(), reply_to=reply)  # no updates record: malformed
+        return reply
+
+    strategy = strategy_for(prepared)
+    record, messages = run_round(strategy, LocalGrid(n_nodes=2, tamper=fail_second), 1)
+    lost = len(messages[1].content.config_records["config"]["phone-ids"])
+    assert record.rejected == lost and record.accepted == record.reported - lost
+    assert record.model_updated
+
+
+def test_central_dp_accounts_each_round_and_stops_at_the_budget(prepared):
+    dp = ["simulate.sampling='poisson'", "simulate.poisson_rate=0.3", "central_dp.noise_multiplier=1.0",
+          "central_dp.delta=1e-4", "central_dp.accountant='rdp'"]
+    probe = strategy_for(prepared, *dp)
+    assert probe.accountant is not None
+    spec = probe.settings.central_dp.round_spec()  # type: ignore[union-attr]
+    two = probe.accountant.epsilon_after(spec, 2)
+    three = probe.accountant.epsilon_after(spec, 3)
+    strategy = strategy_for(prepared, *dp, f"central_dp.target_epsilon={(two + three) / 2}")
+    grid = LocalGrid()
+    epsilons = []
+    for rnd in (1, 2):
+        assert not strategy.budget_exhausted()
+        record, _ = run_round(strategy, grid, rnd)
+        epsilons.append(record.epsilon)
+        assert record.delta == 1e-4
+    assert epsilons[0] < epsilons[1] == pytest.approx(two)
+    assert strategy.budget_exhausted()  # a third round would pass the budget
+
+
+def test_same_seed_same_rounds(prepared):
+    runs = []
+    for _ in range(2):
+        strategy = strategy_for(prepared)
+        grid = LocalGrid()
+        records = [run_round(strategy, grid, r)[0] for r in (1, 2)]
+        runs.append((records, strategy.weights.copy()))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    other = strategy_for(prepared, "simulate.seed=1")
+    assert run_round(other, LocalGrid(), 1)[0] != runs[0][0][0]
+
+
+def test_result_does_not_depend_on_the_number_of_hosts(prepared):
+    weights = []
+    for hosts in (1, 3):
+        strategy = strategy_for(prepared)
+        run_round(strategy, LocalGrid(n_nodes=hosts), 1)
+        weights.append(strategy.weights)
+    np.testing.assert_allclose(weights[0], weights[1], atol=1e-6)
