@@ -22,10 +22,12 @@ test: install test-python test-kotlin
 test-python: install
 	$(PY) -m pytest -q
 
-# The Kotlin core is tested on the JVM with ONNX Runtime Java (android_client/core, Maven).
-test-kotlin:
+# The Kotlin core is tested on the JVM with ONNX Runtime Java (android_client/core, Maven). Python first
+# exports a tiny bundle + expected outputs for the parity tests (skipped when already up to date).
+test-kotlin: install
 	@if [ -f android_client/core/pom.xml ]; then \
-		mvn -q -B -f android_client/core/pom.xml test; \
+		$(PY) android_client/core/scripts/make_fixtures.py && \
+		mvn -B -ntp -f android_client/core/pom.xml test; \
 	else echo "android_client/core has no Maven build yet: no Kotlin tests to run"; fi
 
 lint: install
