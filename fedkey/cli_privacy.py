@@ -79,13 +79,9 @@ def _pipeline(
 ) -> PipelineConfig | None:
     if mechanism is not None or epsilon is not None:
         if stages:
-            raise typer.BadParameter(
-                "give local DP either in the config's [[pipeline]] or as flags, not both"
-            )
+            raise typer.BadParameter("give local DP either in the config's [[pipeline]] or as flags, not both")
         if epsilon is None:
-            raise typer.BadParameter(
-                "--local-epsilon is required for a local DP what-if", param_hint="--local-epsilon"
-            )
+            raise typer.BadParameter("--local-epsilon is required for a local DP what-if", param_hint="--local-epsilon")
         noise: dict[str, Any] = {"kind": f"{mechanism or 'gaussian'}_noise", "epsilon": epsilon}
         if noise["kind"] == "gaussian_noise":
             noise["delta"] = delta if delta is not None else 1e-8
@@ -93,16 +89,21 @@ def _pipeline(
     return PipelineConfig.model_validate(stages) if stages else None
 
 
-@privacy_app.command("account")
+ACCOUNT_HELP = (
+    "Print (and optionally write) the privacy report: every mechanism and its parameters, per-report ε, "
+    "per-device ε after N reports, shuffled ε and central ε over the rounds, each with its δ; with "
+    "--target-epsilon also the noise multiplier the budget needs and the rounds it allows."
+)
+
+
+@privacy_app.command("account", help=ACCOUNT_HELP)
 def account(
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="TOML file with [[pipeline]], [central_dp], [local_accounting]"),
+        typer.Option("--config", help="TOML file: its pipeline stage list, central_dp and local_accounting tables"),
     ] = None,
     noise_multiplier: Annotated[float | None, typer.Option(help="central DP: noise std / clip norm")] = None,
-    sampling_rate: Annotated[
-        float | None, typer.Option(help="central DP, Poisson: per-phone probability q")
-    ] = None,
+    sampling_rate: Annotated[float | None, typer.Option(help="central DP, Poisson: per-phone probability q")] = None,
     sampling: Annotated[str | None, typer.Option(help="central DP: poisson | fixed")] = None,
     cohort_size: Annotated[int | None, typer.Option(help="central DP, fixed: phones per round")] = None,
     population: Annotated[int | None, typer.Option(help="central DP, fixed: eligible phones")] = None,
@@ -129,8 +130,7 @@ def account(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     out: Annotated[Path | None, typer.Option(help=f"directory to write {REPORT_NAME}.json and .md")] = None,
 ) -> None:
-    """Print (and optionally write) the privacy report: every mechanism, its parameters, per-report ε,
-    per-device ε after N reports, shuffled ε, central ε over the rounds — each with its δ."""
+    """The privacy report from a config and/or flags (see ACCOUNT_HELP)."""
     data = _load(config)
     try:
         central = _central(
@@ -179,4 +179,3 @@ def account(
         (out / f"{REPORT_NAME}.json").write_text(text + "\n")
         (out / f"{REPORT_NAME}.md").write_text(markdown)
     typer.echo(text if as_json else markdown)
-
