@@ -1,0 +1,61 @@
+"""`fedkey simulate` end to end through real Flower (simulation engine, Ray, two phone hosts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from simulate_helpers import TINY
+from typer.testing import CliRunner
+
+from fedkey.cli import app
+from fedkey.models.manifest import load_bundle
+from fedkey.server.app import METRIC_KEYS
+
+FEDKEY = str(Path(sys.executable).with_name("fedkey"))
+
+
+def sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.mark.slow
+def test_cli_runs_rounds_through_flower_and_writes_every_output(prepared, tmp_path: Path):
+    out = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith(("simulate.rounds", "simulate.export_bundle"))]
+    proc = subprocess.run(
+        [FEDKEY, "simulate", "--data", str(prepared.root), "--out", str(out), "--rounds", "2", "--cohort", "5",
+         *sets(*overrides, "simulate.phone_hosts=2")],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2]
+    assert all(tuple(line) == METRIC_KEYS for line in lines)
+    assert all(line["reported"] == 5 and line["selected"] == 7 and line["bytes_up"] > 0 for line in lines)
+    assert lines[1]["recall@1"] is not None and lines[0]["sim_time_s"] < lines[1]["sim_time_s"]
+    assert "rounds (stopped by rounds)" in proc.stderr
+    for name in ("config.toml", "checkpoint.pt", "participation.json", "final.json"):
+        assert (out / name).is_file(), name
+    assert load_bundle(out / "bundle").manifest.model_version == 2
+
+
+def test_cli_refuses_an_impossible_cohort_before_starting_flower(prepared, tmp_path: Path):
+    result = CliRunner().invoke(app, ["simulate", "--data", str(prepared.root), "--out", str(tmp_path / "r"),
+                                      "--cohort", "1000", *sets(*TINY)])
+    assert result.exit_code == 2
+    assert "population has" in result.output
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_help_lists_every_simulate_setting():
+    from fedkey.config import SimulateConfig
+
+    result = CliRunner().invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in SimulateConfig.model_fields:
+        assert f"simulate.{name}" in result.output

@@ -1,0 +1,72 @@
+"""Phone hosts: batched local training equals the per-phone reference; the ONNX engine agrees with torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from simulate_helpers import tiny_config
+
+from fedkey.device_sim.batched_training import group_size, train_phones
+from fedkey.device_sim.phone_host import HostTask, PhoneHost, PhoneHostError
+from fedkey.models.cifg_lstm import CifgLstm, ModelConfig
+from fedkey.models.manifest import flatten_params, param_layout
+from fedkey.models.onnx_local_update import Batches, local_update_torch
+from fedkey.protocol.pipeline import decode
+from fedkey.simulate import build_setup
+
+torch.set_num_threads(1)
+
+MODEL = ModelConfig(vocab_size=40, embed_dim=8, hidden_dim=12).resolved()
+
+
+def random_batches(rng: np.random.Generator, n_batches: int) -> Batches:
+    rows = n_batches * 4 - int(rng.integers(0, 3))
+    lengths = rng.integers(1, 7, size=rows)
+    mask = (np.arange(6)[None, :] < lengths[:, None]).astype(np.float32)
+    return Batches.from_rows(rng.integers(4, 40, size=(rows, 6)), rng.integers(4, 40, size=(rows, 6)), mask, 4)
+
+
+def test_batched_phones_equal_the_per_phone_reference():
+    rng = np.random.default_rng(0)
+    weights = flatten_params(CifgLstm(MODEL, seed=0).param_dict(), param_layout(MODEL))
+    batches = [random_batches(rng, n) for n in (1, 3, 2, 3, 1)]
+    steps = [1, 5, 2, 3, 4]  # more steps than batches cycles through them; phones finish at different steps
+    for group in (1, 2, 8):
+        result = train_phones(MODEL, weights, batches, steps, lr=0.5, grad_clip=0.7, delta_clip=0.05, group=group)
+        for i, (b, k) in enumerate(zip(batches, steps, strict=True)):
+            ref = local_update_torch(MODEL, weights, b, steps=k, lr=0.5, grad_clip=0.7, delta_clip=0.05)
+            np.testing.assert_allclose(result.deltas[i], ref.delta, atol=1e-6)
+            assert result.losses[i] == pytest.approx(float(ref.losses.mean()), rel=1e-5)
+            assert result.delta_norms[i] == pytest.approx(ref.delta_norm, rel=1e-5)
+
+
+def test_group_size_follows_the_memory_budget():
+    assert group_size(ModelConfig(vocab_size=8192), 16, 20) >= 1
+    assert group_size(ModelConfig(vocab_size=64), 16, 20) > group_size(ModelConfig(vocab_size=8192), 16, 20)
+
+
+def test_task_round_trip_and_node_overrides(prepared):
+    task = build_setup(tiny_config(), prepared.root).task
+    assert HostTask.from_config(task.to_config()) == task
+    moved = HostTask.from_config(task.to_config(), {"data-dir": "/elsewhere", "threads": 3})
+    assert (moved.data_dir, moved.threads) == ("/elsewhere", 3)
+    broken = task.to_config()
+    del broken["pipeline"]
+    with pytest.raises(PhoneHostError, match="pipeline"):
+        HostTask.from_config(broken)
+
+
+@pytest.mark.slow
+def test_onnx_engine_agrees_with_torch_engine(prepared, tmp_path: Path):
+    setup = build_setup(tiny_config("pipeline=[]"), prepared.root)
+    ids, seeds = [0, 3, 7], [11, 12, 13]
+    deltas = {}
+    for engine in ("torch", "onnx"):
+        task = HostTask.from_config(setup.task.to_config() | {"engine": engine})
+        result = PhoneHost(task, cache_dir=str(tmp_path)).run(setup.initial_weights, ids, seeds, 1, 0, 1)
+        assert result.phone_ids == ids and min(result.examples) > 0
+        deltas[engine] = np.stack([decode(p, len(setup.initial_weights)).delta for p in result.payloads])
+    np.testing.assert_allclose(deltas["onnx"], deltas["torch"], atol=1e-5)
