@@ -140,7 +140,11 @@ class HostTask:
                 self.pipeline.model_dump_json(), str(self.run_seed), str(self.seq_len), str(self.max_messages))
 
 
-@dataclass(frozen=True)
+#: Phones trained and encoded together in a host (bounds the deltas held at once).
+PHONES_PER_CHUNK = 64
+
+
+@dataclass
 class HostResult:
     """Each phone's encoded update and metrics, in the order of ``phone_ids``."""
 
@@ -196,7 +200,7 @@ class PhoneHost:
             self._sequences[user] = message_sequences(self.data.tokenizer, messages, self.task.seq_len)
         return self._sequences[user]
 
-    def phone_batches(self, phone_id: int, user: int, seed: int) -> tuple[Batches, int, int, int]:
+    def phone_batches(self, user: int, seed: int) -> tuple[Batches, int, int, int]:
         """(batches, steps, examples, tokens) of one phone this round; its seed shuffles its rows."""
         seqs = self.sequences(user)
         order = np.random.default_rng(seed).permutation(len(seqs))
@@ -215,43 +219,54 @@ class PhoneHost:
 
     def run(self, weights: np.ndarray, phone_ids: list[int], phone_seeds: list[int], round_idx: int,
             model_version: int, threads: int) -> HostResult:
-        """Train and encode every listed phone (phones without any text are left out of the reply)."""
+        """Train and encode every listed phone (phones without any text are left out of the reply).
+
+        Phones go through training and encoding ``PHONES_PER_CHUNK`` at a time, ordered by their number
+        of steps (similar phones vectorise well), so the host holds at most that many deltas at once.
+        """
         if len(phone_ids) != len(phone_seeds):
             raise PhoneHostError("phone-ids and phone-seeds differ in length")
         torch.set_num_threads(threads)
-        t0 = time.perf_counter()
         users = self.population.user_of(np.asarray(phone_ids, np.int64)) if phone_ids else np.zeros(0, np.int64)
-        kept, batches, steps, examples, tokens = [], [], [], [], []
-        for phone, user, seed in zip(phone_ids, users.tolist(), phone_seeds, strict=True):
-            if len(self.sequences(user)) == 0:
-                continue
-            b, k, n, t = self.phone_batches(phone, user, seed)
-            kept.append(phone)
-            batches.append(b)
-            steps.append(k)
-            examples.append(n)
-            tokens.append(t)
+        work = [
+            (phone, *self.phone_batches(user, seed))
+            for phone, user, seed in zip(phone_ids, users.tolist(), phone_seeds, strict=True)
+            if len(self.sequences(user))
+        ]
+        work.sort(key=lambda w: -w[2])
+        out = HostResult([], [], [], [], [], 0.0, 0.0)
+        for start in range(0, len(work), PHONES_PER_CHUNK):
+            chunk = work[start : start + PHONES_PER_CHUNK]
+            t0 = time.perf_counter()
+            deltas, losses = self.train(weights, [w[1] for w in chunk], [w[2] for w in chunk], threads)
+            t1 = time.perf_counter()
+            ids = [w[0] for w in chunk]
+            encoded = self.pipeline.encode(deltas, ids, round_idx, model_version, seed=self.task.run_seed)
+            out.phone_ids.extend(ids)
+            out.payloads.extend(encoded.messages)
+            out.examples.extend(w[3] for w in chunk)
+            out.tokens.extend(w[4] for w in chunk)
+            out.losses.extend(losses)
+            out.train_s += t1 - t0
+            out.encode_s += time.perf_counter() - t1
+        return out
+
+    def train(self, weights: np.ndarray, batches: list[Batches], steps: list[int],
+              threads: int) -> tuple[np.ndarray, list[float]]:
+        """(deltas [P, D], mean step losses) of phones with these batches and step counts."""
         task = self.task
         if task.engine == "torch":
             result = train_phones(self.model, weights, batches, steps, lr=task.lr, grad_clip=task.grad_clip,
                                   delta_clip=task.delta_clip)
-            deltas, losses = result.deltas, result.losses.tolist()
-        else:
-            updater = self.onnx_updater(threads)
-            deltas = np.empty((len(kept), self.model.num_parameters()), np.float32)
-            losses = []
-            for i, (b, k) in enumerate(zip(batches, steps, strict=True)):
-                out = updater(weights, b, steps=k, lr=task.lr, grad_clip=task.grad_clip,
-                              delta_clip=task.delta_clip)
-                deltas[i] = out.delta
-                losses.append(float(np.mean(out.losses)))
-        t1 = time.perf_counter()
-        payloads = (
-            self.pipeline.encode(deltas, kept, round_idx, model_version, seed=task.run_seed).messages
-            if kept else []
-        )
-        t2 = time.perf_counter()
-        return HostResult(kept, payloads, examples, tokens, [float(x) for x in losses], t1 - t0, t2 - t1)
+            return result.deltas, [float(x) for x in result.losses]
+        updater = self.onnx_updater(threads)
+        deltas = np.empty((len(batches), self.model.num_parameters()), np.float32)
+        losses = []
+        for i, (b, k) in enumerate(zip(batches, steps, strict=True)):
+            update = updater(weights, b, steps=k, lr=task.lr, grad_clip=task.grad_clip, delta_clip=task.delta_clip)
+            deltas[i] = update.delta
+            losses.append(float(np.mean(update.losses)))
+        return deltas, losses
 
 
 def onnx_graph(model: ModelConfig, seq_len: int, cache_dir: str | None = None) -> Path:

@@ -59,7 +59,7 @@ from fedkey.privacy.config import CentralDpConfig
 from fedkey.privacy.ledger import DeviceLedger
 from fedkey.privacy.mechanisms import clip_rows
 from fedkey.protocol.errors import WireFormatError
-from fedkey.protocol.pipeline import DecodedUpdate, decode, decode_batch
+from fedkey.protocol.pipeline import DecodedUpdate, decode
 from fedkey.server.fleet import Fleet, IdArray
 from fedkey.server.optimizers import ServerOptimizer, ServerOptimizerSettings
 from fedkey.server.sampling import sample_poisson, sample_uniform
@@ -71,7 +71,6 @@ ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
 UPDATES_KEY = "updates"
 METRICS_KEY = "metrics"
-DECODE_BLOCK = 64  # phones decoded together (bounds the decoded [block, d] float32 working set)
 _DP_NOISE_TAG = 0x6370  # keeps the central noise stream apart from other seeded streams
 
 
@@ -303,29 +302,40 @@ class FleetStrategy(Strategy):
             rejections[reason] = rejections.get(reason, 0) + count
 
         reports, bytes_up = self._collect(plan, replies, reject)
-        decoded = self._decode(plan, reports, reject)
-        accepted = [(r, u) for r, u in decoded if u is not None]
         s = self.settings
         dp = s.central_dp
+        # one running sum, updates decoded one at a time: memory stays O(d) whatever the cohort
+        total = np.zeros(self.dim, np.float64)
+        accepted: list[_Report] = []
+        for r in reports:
+            update = self._decode(plan, r, reject)
+            if update is None:
+                continue
+            if dp is not None:
+                clipped, _ = clip_rows(update.delta[None, :], dp.clip_norm)
+                total += clipped[0]
+            else:
+                total += r.examples * update.delta.astype(np.float64)
+            accepted.append(r)
+            ledger_record = update.ledger_record()
+            if self.ledger is not None and ledger_record is not None:
+                self.ledger.record(**ledger_record)
         updated = False
         if dp is not None:
-            self._apply(self._dp_mean([u.delta for _, u in accepted], dp, server_round))
+            self._apply(self._dp_mean(total, dp, server_round))
             assert self.accountant is not None
             self.accountant.step(dp.round_spec())  # configure_train refused a round past the budget
             updated = True
         elif len(accepted) >= s.min_reports:
-            self._apply(self._weighted_mean(accepted))
+            self._apply((total / sum(r.examples for r in accepted)).astype(np.float32))
             updated = True
-        for r, u in accepted:
+        for r in accepted:
             self.participation[r.phone_id] = self.participation.get(r.phone_id, 0) + 1
-            ledger_record = u.ledger_record()
-            if self.ledger is not None and ledger_record is not None:
-                self.ledger.record(**ledger_record)
         if updated:
             self.model_version += 1
         self.elapsed_s += plan.close_s
-        examples = sum(r.examples for r, _ in accepted)
-        loss = sum(r.loss * r.examples for r, _ in accepted) / examples if examples else None
+        examples = sum(r.examples for r in accepted)
+        loss = sum(r.loss * r.examples for r in accepted) / examples if examples else None
         epsilon, delta = self.privacy_spent()
         for reason, count in rejections.items():
             log.warning("round %d: rejected %d update(s): %s", server_round, count, reason)
@@ -394,61 +404,28 @@ class FleetStrategy(Strategy):
                 reject("phone host did not answer", len(asked))
         return [reports[p] for p in sorted(reports)], bytes_up
 
-    def _decode(
-        self, plan: _Plan, reports: list[_Report], reject: Any
-    ) -> list[tuple[_Report, DecodedUpdate | None]]:
-        """Decode in blocks; a block with a bad message falls back to one-by-one decoding."""
-        out: list[tuple[_Report, DecodedUpdate | None]] = []
-        for start in range(0, len(reports), DECODE_BLOCK):
-            block = reports[start : start + DECODE_BLOCK]
-            try:
-                updates: list[DecodedUpdate | None] = list(
-                    decode_batch([r.payload for r in block], self.dim).updates
-                )
-            except WireFormatError:
-                updates = []
-                for r in block:
-                    try:
-                        updates.append(decode(r.payload, self.dim))
-                    except WireFormatError as err:
-                        reject(f"undecodable ({type(err).__name__})")
-                        updates.append(None)
-            for r, u in zip(block, updates, strict=True):
-                if u is None:
-                    out.append((r, None))
-                    continue
-                h = u.header
-                if (h.phone_id, h.round, h.model_version) != (r.phone_id, plan.round, plan.model_version):
-                    reject("wrong phone, round or model version in header")
-                    out.append((r, None))
-                elif not np.isfinite(u.delta).all():
-                    reject("non-finite update")
-                    out.append((r, None))
-                else:
-                    out.append((r, u))
-        return out
+    def _decode(self, plan: _Plan, report: _Report, reject: Any) -> DecodedUpdate | None:
+        """One phone's update, or None (counted as rejected) if it does not decode or does not match."""
+        try:
+            update = decode(report.payload, self.dim)
+        except WireFormatError as err:
+            reject(f"undecodable ({type(err).__name__})")
+            return None
+        h = update.header
+        if (h.phone_id, h.round, h.model_version) != (report.phone_id, plan.round, plan.model_version):
+            reject("wrong phone, round or model version in header")
+            return None
+        if not np.isfinite(update.delta).all():
+            reject("non-finite update")
+            return None
+        return update
 
-    def _weighted_mean(self, accepted: list[tuple[_Report, DecodedUpdate]]) -> np.ndarray:
-        total = np.zeros(self.dim, np.float64)
-        weight = 0.0
-        for r, u in accepted:
-            total += r.examples * u.delta.astype(np.float64)
-            weight += r.examples
-        return (total / weight).astype(np.float32)
-
-    def _dp_mean(self, deltas: list[np.ndarray], dp: CentralDpConfig, server_round: int) -> np.ndarray:
-        """DP-FedAvg: clip each delta to C, sum, add N(0, (zC)^2), divide by the fixed cohort size.
-
-        The same arithmetic as ``privacy.mechanisms.central_noised_sum``, streamed over blocks of
-        phones so a large cohort never needs an [n, d] float64 array.
-        """
-        total = np.zeros(self.dim, np.float64)
-        for start in range(0, len(deltas), DECODE_BLOCK):
-            clipped, _ = clip_rows(np.stack(deltas[start : start + DECODE_BLOCK]), dp.clip_norm)
-            total += clipped.sum(axis=0)
+    def _dp_mean(self, clipped_sum: np.ndarray, dp: CentralDpConfig, server_round: int) -> np.ndarray:
+        """DP-FedAvg's server half on the sum of clipped deltas: add N(0, (zC)^2), divide by the fixed
+        cohort size (as ``privacy.mechanisms.central_noised_sum``, with the sum built one phone at a time)."""
         rng = np.random.default_rng(np.random.SeedSequence([self.settings.seed, server_round, _DP_NOISE_TAG]))
-        total += rng.standard_normal(self.dim) * dp.noise_multiplier * dp.clip_norm
-        return (total / self.settings.cohort_size).astype(np.float32)
+        noised = clipped_sum + rng.standard_normal(self.dim) * dp.noise_multiplier * dp.clip_norm
+        return (noised / self.settings.cohort_size).astype(np.float32)
 
     def _apply(self, pseudo_gradient: np.ndarray) -> None:
         self.weights = self.optimizer.step(self.weights, pseudo_gradient)
