@@ -59,6 +59,16 @@ TOKENIZER_CASES = [
 ]
 
 
+def noisy(n: int, seed: int) -> list[str]:
+    """Random strings over a mixed alphabet: unknown characters, runs of them, apostrophes, odd spaces."""
+    rng = random.Random(seed)
+    alphabet = list("abcdefghijklmnopqrstuvwxyz ABC  éüßçñ'’'-_.,!?0123") + [
+        "\u2581", "\u00a0", "\u3000", "\t", "漢", "字", "😀", "👍🏽", "★", "ﬁ", "Ⅻ", "²", "½", "ｇ", "\u0301", "ς", "Σ", "İ", "ǅ",
+        "\u200b", "\u1c1f", "\x1c",
+    ]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(n)]
+
+
 def source_digest() -> str:
     h = hashlib.sha256()
     for p in SOURCES:
@@ -116,7 +126,10 @@ def build(out: Path) -> None:
 
     expected["tokenizer"] = [
         {"text": t, "normalized": normalize(t), "ids": tok.encode(normalize(t))} for t in TOKENIZER_CASES
-    ] + [{"text": s, "normalized": normalize(s), "ids": tok.encode(normalize(s))} for s in synthetic(40, seed=5)]
+    ] + [
+        {"text": s, "normalized": normalize(s), "ids": tok.encode(normalize(s))}
+        for s in synthetic(300, seed=5) + noisy(100, seed=6)
+    ]
     expected["pieces"] = tok.pieces
 
     # Predict: fp32 and int8 logits after every token of one message, and the final state.

@@ -13,9 +13,53 @@ object TextNormalizer {
     const val WORD_START = '\u2581'
 
     fun normalize(text: String): String {
-        val s = JavaNormalizer.normalize(text, JavaNormalizer.Form.NFKC).lowercase().replace('\u2019', '\'')
+        val s = pythonLower(JavaNormalizer.normalize(text, JavaNormalizer.Form.NFKC)).replace('\u2019', '\'')
         return tokens(s).joinToString(" ")
     }
+
+    /**
+     * Python's `str.lower()`: the full Unicode lower-case mapping, with Python's Final_Sigma rule for `Σ`
+     * (`\p{cased}\p{case-ignorable}* Σ !(\p{case-ignorable}* \p{cased})` → `ς`, else `σ`). Java's own
+     * final-sigma test uses word boundaries instead and differs, e.g. for `"zΣ’c"`.
+     */
+    fun pythonLower(s: String): String {
+        if (s.indexOf(CAPITAL_SIGMA) < 0) return s.lowercase()
+        val cps = s.codePoints().toArray()
+        val sb = StringBuilder(s.length)
+        for (i in cps.indices) {
+            val c = cps[i]
+            if (c != CAPITAL_SIGMA.code) {
+                sb.append(String(Character.toChars(c)).lowercase())
+                continue
+            }
+            var j = i - 1
+            while (j >= 0 && isCaseIgnorable(cps[j])) j--
+            var final = j >= 0 && isCased(cps[j])
+            if (final) {
+                j = i + 1
+                while (j < cps.size && isCaseIgnorable(cps[j])) j++
+                final = j == cps.size || !isCased(cps[j])
+            }
+            sb.append(if (final) '\u03C2' else '\u03C3')
+        }
+        return sb.toString()
+    }
+
+    private const val CAPITAL_SIGMA = '\u03A3'
+
+    /** Unicode `Cased` (Java's isLowerCase/isUpperCase include Other_Lowercase/Other_Uppercase). */
+    private fun isCased(cp: Int) = Character.isLowerCase(cp) || Character.isUpperCase(cp) || Character.isTitleCase(cp)
+
+    /** Unicode `Case_Ignorable`: Mn, Me, Cf, Lm, Sk, or Word_Break MidLetter / MidNumLet / Single_Quote. */
+    private fun isCaseIgnorable(cp: Int): Boolean = when (Character.getType(cp).toByte()) {
+        Character.NON_SPACING_MARK, Character.ENCLOSING_MARK, Character.FORMAT, Character.MODIFIER_LETTER,
+        Character.MODIFIER_SYMBOL -> true
+        else -> cp in MID_LETTER_OR_QUOTE
+    }
+
+    private val MID_LETTER_OR_QUOTE = setOf(
+        0x27, 0x2E, 0x3A, 0xB7, 0x387, 0x55F, 0x5F4, 0x2018, 0x2019, 0x2024, 0x2027, 0xFE13, 0xFE52, 0xFE55, 0xFF07, 0xFF0E, 0xFF1A,
+    )
 
     /** The tokens (words and one-character punctuation marks) of an already case-folded string. */
     fun tokens(s: String): List<String> {

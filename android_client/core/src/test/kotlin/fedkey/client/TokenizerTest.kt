@@ -42,3 +42,16 @@ class TokenizerTest {
         }
     }
 }
+
+class LowerCaseTest {
+    @Test
+    fun `final sigma follows Python`() {
+        // Expected values from Python's str.lower().
+        assertEquals("οδος", TextNormalizer.pythonLower("ΟΔΟΣ"))
+        assertEquals("zσ’c", TextNormalizer.pythonLower("ZΣ’C"))
+        assertEquals("zς’ ", TextNormalizer.pythonLower("ZΣ’ "))
+        assertEquals("σ", TextNormalizer.pythonLower("Σ"))
+        assertEquals("aς.", TextNormalizer.pythonLower("AΣ."))
+        assertEquals("i̇stanbul", TextNormalizer.pythonLower("İstanbul"))
+    }
+}

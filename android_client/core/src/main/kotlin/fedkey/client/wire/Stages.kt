@@ -65,9 +65,9 @@ sealed class StageConfig {
 
         /**
          * Parse the JSON stage list of the Python config (e.g. `[{"kind": "clip", "norm": 1.0}, {"kind": "quantize", "bits": 4}]`).
-         * Noise stages take `sigma`/`scale` plus `noise_multiplier` (as the server calibrates them); a Laplace
-         * stage may instead give `epsilon`, calibrated here as b = Δ₁/ε like the Python side
-         * (Δ₁ = 2C for an L1 clip, 2C·√m for an L2 clip over the m noised values) — see [Pipeline].
+         * Noise stages take the Python form — gaussian `epsilon` + `delta` (analytic Gaussian σ for Δ₂ = 2C, see
+         * [Calibration]), laplace `epsilon` (b = Δ₁/ε, Δ₁ = 2C for an L1 clip, 2C·√m for an L2 clip over the m
+         * noised values) — or an explicit `sigma`/`scale` plus `noise_multiplier`.
          */
         fun listFromJson(json: String): List<StageConfig> =
             (Json.parse(json) as? List<*> ?: throw PipelineInputError("the pipeline must be a JSON array"))
@@ -89,11 +89,14 @@ sealed class StageConfig {
             return when (val kind = m["kind"]) {
                 "clip" -> Clip(num("norm") ?: throw PipelineInputError("clip needs 'norm'"), int("ord") ?: 2,
                     m["adaptive"].let { it is Map<*, *> || it == true })
-                "gaussian_noise" -> GaussianNoise(
-                    num("sigma") ?: num("scale") ?: throw PipelineInputError(
-                        "gaussian_noise needs 'sigma' and 'noise_multiplier' (calibrate (epsilon, delta) on the server)"),
-                    num("noise_multiplier") ?: throw PipelineInputError("gaussian_noise needs 'noise_multiplier'"),
-                )
+                "gaussian_noise" -> {
+                    val eps = num("epsilon")
+                    if (eps != null) GaussianEpsilon(eps, num("delta") ?: throw PipelineInputError("gaussian_noise needs 'delta'"))
+                    else GaussianNoise(
+                        num("sigma") ?: num("scale") ?: throw PipelineInputError("gaussian_noise needs 'epsilon' and 'delta', or 'sigma'"),
+                        num("noise_multiplier") ?: throw PipelineInputError("gaussian_noise needs 'noise_multiplier'"),
+                    )
+                }
                 "laplace_noise" -> {
                     val eps = num("epsilon")
                     if (eps != null) LaplaceEpsilon(eps) else LaplaceNoise(
@@ -109,6 +112,11 @@ sealed class StageConfig {
                 else -> throw PipelineInputError("unknown stage kind $kind")
             }
         }
+    }
+
+    /** Gaussian noise given by (ε, δ); σ is calibrated (analytic Gaussian, Δ₂ = 2C) when the pipeline is built. */
+    data class GaussianEpsilon(val epsilon: Double, val delta: Double) : StageConfig() {
+        override val kind get() = "gaussian_noise"
     }
 
     /** Laplace noise given by ε; calibrated to the clip bound when the pipeline is built. */
@@ -285,6 +293,15 @@ internal sealed class Stage(val code: Int, val kind: String, val inLen: Int, val
                         is StageConfig.Clip -> Clip(length, (clipNorm ?: spec.norm).toFloat(), spec.ord, spec.adaptive)
                         is StageConfig.GaussianNoise -> Noise(2, spec.kind, length, spec.sigma, spec.noiseMultiplier)
                         is StageConfig.LaplaceNoise -> Noise(3, spec.kind, length, spec.scale, spec.noiseMultiplier)
+                        is StageConfig.GaussianEpsilon -> {
+                            val sensitivity = 2.0 * (out.first() as Clip).norm.toDouble()
+                            val sigma = try {
+                                Calibration.analyticGaussianSigma(spec.epsilon, spec.delta, sensitivity)
+                            } catch (e: IllegalArgumentException) {
+                                throw PipelineInputError(e.message ?: "bad (epsilon, delta)")
+                            }
+                            Noise(2, spec.kind, length, sigma, sigma / sensitivity)
+                        }
                         is StageConfig.LaplaceEpsilon -> {
                             if (!(spec.epsilon > 0 && spec.epsilon.isFinite())) throw PipelineInputError("epsilon must be positive")
                             val clip = out.first() as Clip

@@ -203,3 +203,36 @@ class WireVectorsTest {
         assertEquals(StageConfig.Quantize(2, 512), cfg[2])
     }
 }
+
+class CalibrationTest {
+    private val vectors = Json.parse(File(TestPaths.testdata, "update_v1_vectors.json").readText()).asObject("file")["vectors"] as List<*>
+
+    @Test
+    fun `local DP stages in their epsilon form calibrate like Python`() {
+        for (v in vectors.map { it.asObject("vector") }.filter { it["encode_reproducible"] == false }) {
+            @Suppress("UNCHECKED_CAST")
+            val config = (v["stages"] as List<Map<String, Any?>>).map { StageConfig.fromMap(it) }
+            val dim = (v["dim"] as Long).toInt()
+            val out = UpdateEncoder(config, dim).encode(
+                floats(v["input"]), 3, 1, 1, sharedSeed = 1, privateSeed = 2, noise = Random(1),
+            )
+            val got = UpdateDecoder.decode(out.bytes, dim).stages.first { it["kind"].toString().endsWith("_noise") }
+            @Suppress("UNCHECKED_CAST")
+            val want = (v["decoded_stage_records"] as List<Map<String, Any?>>).first { it["kind"].toString().endsWith("_noise") }
+            for (key in listOf("scale", "noise_multiplier")) {
+                val a = want[key] as Double
+                val b = got[key] as Double
+                assertTrue(Math.abs(a - b) <= 1e-10 * a, "${v["name"]} $key: Python $a, Kotlin $b")
+            }
+        }
+    }
+
+    @Test
+    fun `analytic gaussian sigma meets delta and is tight`() {
+        for ((eps, delta) in listOf(0.5 to 1e-5, 1.0 to 1e-10, 4.0 to 1e-5, 10.0 to 1e-6)) {
+            val sigma = Calibration.analyticGaussianSigma(eps, delta, 2.0)
+            assertTrue(Calibration.gaussianDelta(sigma, eps, 2.0) <= delta)
+            assertTrue(Calibration.gaussianDelta(sigma * (1 - 1e-9), eps, 2.0) > delta)
+        }
+    }
+}
