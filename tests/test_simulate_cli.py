@@ -59,3 +59,16 @@ def test_help_lists_every_simulate_setting():
     assert result.exit_code == 0
     for name in SimulateConfig.model_fields:
         assert f"simulate.{name}" in result.output
+
+
+def test_docs_describe_every_simulate_setting():
+    from fedkey.config import ServerOptimizerConfig, SimulateConfig
+
+    doc = (Path(__file__).parents[1] / "docs" / "simulate.md").read_text()
+    for name in SimulateConfig.model_fields:
+        if name != "optimizer":
+            assert f"`{name}`" in doc, name
+    for name in ServerOptimizerConfig.model_fields:
+        assert name in doc, name
+    for key in METRIC_KEYS:
+        assert key in doc, key
