@@ -56,6 +56,9 @@ TOKENIZER_CASES = [
     "   ",
     "1,000.50$ #hash @at 50%",
     "zzzz qqqq xylophone",
+    "a \u2581",
+    "\u2581",
+    "\u2581 a \u2581 b \u2581\u2581",
 ]
 
 

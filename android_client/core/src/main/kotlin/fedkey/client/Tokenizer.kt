@@ -57,7 +57,10 @@ class Tokenizer private constructor(
     fun encode(normalized: String): IntArray {
         val words = if (removeExtraWhitespaces) normalized.split(' ').filter { it.isNotEmpty() } else normalized.split(' ')
         if (words.isEmpty() || (words.size == 1 && words[0].isEmpty())) return IntArray(0)
-        val text = (if (addDummyPrefix) "▁" else "") + words.joinToString("▁")
+        var text = (if (addDummyPrefix) "▁" else "") + words.joinToString("▁")
+        // SentencePiece strips trailing whitespace *after* escaping, so a literal ▁ typed at the end goes too.
+        if (removeExtraWhitespaces) text = text.trimEnd(TextNormalizer.WORD_START)
+        if (text.isEmpty()) return IntArray(0)
         val cps = text.codePoints().toArray()
         val n = cps.size
         val bestScore = FloatArray(n + 1)
