@@ -166,3 +166,16 @@ def test_result_does_not_depend_on_the_number_of_hosts(prepared):
         run_round(strategy, LocalGrid(n_nodes=hosts), 1)
         weights.append(strategy.weights)
     np.testing.assert_allclose(weights[0], weights[1], atol=1e-6)
+
+
+def test_local_dp_reports_are_recorded_per_phone(prepared):
+    strategy = strategy_for(prepared, "pipeline=[{kind='clip', norm=0.5}, {kind='gaussian_noise', epsilon=2.0, "
+                            "delta=1e-6}, {kind='quantize', bits=8}]")
+    grid = LocalGrid()
+    first, _ = run_round(strategy, grid, 1)
+    assert strategy.ledger is not None and first.epsilon is not None
+    assert len(strategy.ledger.phones()) == first.accepted
+    assert first.epsilon >= 2.0 * 0.99  # one report costs the per-report ε (composed by dp-accounting)
+    second, _ = run_round(strategy, grid, 2)
+    assert second.epsilon >= first.epsilon
+    assert sum(strategy.ledger.participations(p) for p in strategy.ledger.phones()) == first.accepted + second.accepted
