@@ -124,14 +124,22 @@ class Predictor @JvmOverloads constructor(
     /**
      * The [k] most likely whole next words given the state after the context ([logits] are the next-piece logits
      * that state produced). Beam search over pieces as models/suggest.py `_beam_words`.
+     *
+     * With a [prefix] (the normalised start of the word being typed) only pieces that can spell a word starting
+     * with it are expanded, so the strip completes the current word; probabilities stay those of the whole word
+     * given the context. An empty prefix is the Python algorithm exactly.
      */
-    fun suggest(state: LstmState, logits: FloatArray, k: Int): List<Suggestion> {
+    @JvmOverloads
+    fun suggest(state: LstmState, logits: FloatArray, k: Int, prefix: String = ""): List<Suggestion> {
         require(k >= 1) { "k must be >= 1" }
-        val beam = minOf(beamWidth, startIds.size)
+        fun compatible(text: String) = text.startsWith(prefix) || prefix.startsWith(text)
+        val starts = if (prefix.isEmpty()) startIds else startIds.filter { compatible(pieceText[it]) }.toIntArray()
+        if (starts.isEmpty()) return emptyList()
+        val beam = minOf(beamWidth, starts.size)
         val logp0 = logSoftmax(logits, 0)
-        val first = topOf(logp0, startIds, beam)
-        var scores = DoubleArray(first.size) { logp0[startIds[first[it]]] }
-        var pieces: List<IntArray> = first.map { intArrayOf(startIds[it]) }
+        val first = topOf(logp0, starts, beam)
+        var scores = DoubleArray(first.size) { logp0[starts[first[it]]] }
+        var pieces: List<IntArray> = first.map { intArrayOf(starts[it]) }
         var out = stepBatch(
             IntArray(first.size) { pieces[it][0] },
             FloatArray(first.size * embedDim) { state.h[it % embedDim] },
@@ -148,20 +156,22 @@ class Predictor @JvmOverloads constructor(
                 for (id in boundaryIds) s += exp(logps[i][id] - mx)
                 val done = scores[i] + mx + ln(s)
                 val word = pieces[i].joinToString("") { pieceText[it] }
-                if (allowed(word)) found[word] = (found[word] ?: 0.0) + exp(done)
+                if (word.startsWith(prefix) && allowed(word)) found[word] = (found[word] ?: 0.0) + exp(done)
             }
             if (depth == maxWordPieces) break
             val kth = if (found.size >= k) found.values.sortedDescending()[k - 1] else 0.0
             val threshold = ln(kth)
-            val width = minOf(beam, contIds.size)
             val newPieces = ArrayList<IntArray>()
             val newScores = ArrayList<Double>()
             val parents = ArrayList<Int>()
             for (i in 0 until n) {
-                for (j in topOf(logps[i], contIds, width)) {
-                    val s = scores[i] + logps[i][contIds[j]]
+                val word = pieces[i].joinToString("") { pieceText[it] }
+                val conts = if (prefix.isEmpty() || word.startsWith(prefix)) contIds
+                else contIds.filter { compatible(word + pieceText[it]) }.toIntArray()
+                for (j in topOf(logps[i], conts, minOf(beam, conts.size))) {
+                    val s = scores[i] + logps[i][conts[j]]
                     if (s > threshold) {
-                        parents.add(i); newScores.add(s); newPieces.add(pieces[i] + contIds[j])
+                        parents.add(i); newScores.add(s); newPieces.add(pieces[i] + conts[j])
                     }
                 }
             }
@@ -202,14 +212,28 @@ class KeyboardContext internal constructor(private val predictor: Predictor) {
         states.add(predictor.step(predictor.bundle.manifest.bos, predictor.initialState()))
     }
 
+    /** The normalised start of the word being typed (empty right after a space). */
+    var partialWord: String = ""
+        private set
+
     /**
-     * The committed text of the message (what is before the cursor). Only complete words count: a trailing
-     * partial word (no space after it) is left out, as the strip suggests the word being typed next.
+     * The text of the message before the cursor. Complete words (followed by a space) form the context; a
+     * trailing partial word becomes [partialWord], which [suggest] completes.
      */
     fun setText(textBeforeCursor: String) {
-        val complete = if (textBeforeCursor.isEmpty() || textBeforeCursor.last().isWhitespace()) textBeforeCursor
-        else textBeforeCursor.substring(0, textBeforeCursor.indexOfLast { it.isWhitespace() } + 1)
-        setPieces(predictor.tokenizer.encodeMessage(complete))
+        // The trailing run of letters/digits/marks/apostrophes is the word being typed (leading apostrophes are
+        // punctuation); everything before it is context.
+        var i = textBeforeCursor.length
+        while (i > 0) {
+            val c = textBeforeCursor.codePointBefore(i)
+            if (TextNormalizer.isWordChar(c) || c == '\''.code || c == 0x2019 || Character.getType(c) == Character.NON_SPACING_MARK.toInt()) {
+                i -= Character.charCount(c)
+            } else break
+        }
+        while (i < textBeforeCursor.length && (textBeforeCursor[i] == '\'' || textBeforeCursor[i] == '\u2019')) i++
+        val tail = textBeforeCursor.substring(i)
+        partialWord = TextNormalizer.pythonLower(java.text.Normalizer.normalize(tail, java.text.Normalizer.Form.NFKC)).replace('\u2019', '\'')
+        setPieces(predictor.tokenizer.encodeMessage(textBeforeCursor.substring(0, i)))
     }
 
     /** Set the context to these piece ids (after `bos`), reusing cached states of the common prefix. */
@@ -227,6 +251,7 @@ class KeyboardContext internal constructor(private val predictor: Predictor) {
     val state: LstmState get() = states.last().second
     val logits: FloatArray get() = states.last().first
 
-    /** The [k] most likely next words. */
-    fun suggest(k: Int = 3): List<Suggestion> = predictor.suggest(state, logits, k)
+    /** The [k] most likely next words, completing [partialWord] when the cursor is inside a word. */
+    @JvmOverloads
+    fun suggest(k: Int = 3): List<Suggestion> = predictor.suggest(state, logits, k, partialWord)
 }

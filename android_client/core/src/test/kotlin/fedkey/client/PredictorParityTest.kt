@@ -80,4 +80,29 @@ class PredictorParityTest {
             assertEquals(emptyList<Int>(), ctx.contextPieces)
         }
     }
+
+    @Test
+    fun `a partial word is completed, not used as context`() {
+        val lexicon = setOf("going", "good", "go", "home", "house", "how", "don't", "dog")
+        Predictor(Fixtures.bundle(), lexicon = lexicon).use { p ->
+            val ctx = p.newContext()
+            ctx.setText("I am G")
+            assertEquals("g", ctx.partialWord)
+            val before = ctx.contextPieces
+            ctx.setText("I am ")
+            assertEquals(before, ctx.contextPieces)
+            ctx.setText("I am G")
+            val words = ctx.suggest(3).map { it.word }
+            assertTrue(words.isNotEmpty() && words.all { it.startsWith("g") && it in lexicon }, "$words")
+            ctx.setText("see you at the ho")
+            assertTrue(ctx.suggest(3).all { it.word.startsWith("ho") })
+            ctx.setText("I don’")
+            assertEquals("don'", ctx.partialWord)
+            assertTrue(ctx.suggest(3).all { it.word.startsWith("don'") })
+            ctx.setText("well, 'd")
+            assertEquals("d", ctx.partialWord)
+            ctx.setText("xyz qqq")
+            assertEquals(emptyList<Suggestion>(), ctx.suggest(3))
+        }
+    }
 }
