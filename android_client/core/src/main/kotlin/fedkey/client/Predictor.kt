@@ -17,8 +17,9 @@ data class Suggestion(val word: String, val probability: Double)
  *
  *     val predictor = Predictor(bundle)                  // one per bundle; close() when replaced
  *     val keyboard = predictor.newContext()              // one per text field
- *     keyboard.setText("I am going")                     // text before the cursor (complete words count)
+ *     keyboard.setText("I am going ")                    // text before the cursor
  *     keyboard.suggest(3)                                // [Suggestion("home", 0.21), ...]
+ *     keyboard.setText("I am going ho")                  // inside a word: completions of "ho"
  *
  * Low level: [step] feeds one piece id and returns the next-piece logits and the new state; a message starts
  * from [initialState] with `bos`. Whole words come from a beam search over pieces exactly as the Python
@@ -26,7 +27,8 @@ data class Suggestion(val word: String, val probability: Double)
  * add up), restricted to [lexicon] when given, otherwise to any normalised word (letters/digits with inner
  * apostrophes; punctuation and unknown pieces are never suggested).
  *
- * Not thread-safe: use one Predictor per thread (ONNX sessions are cheap to share, state is not).
+ * A Predictor holds no mutable state besides its ONNX session (whose `run` is thread-safe) and may be shared;
+ * a [KeyboardContext] is mutable: use each from one thread.
  */
 class Predictor @JvmOverloads constructor(
     val bundle: Bundle,
@@ -46,7 +48,8 @@ class Predictor @JvmOverloads constructor(
         require(tokenizer.vocabSize == vocabSize) { "tokenizer has ${tokenizer.vocabSize} pieces, the model ${manifest.vocabSize}" }
     }
 
-    private val startIds: IntArray = (0 until vocabSize).filter { tokenizer.wordStart[it] && it !in specials() }.toIntArray()
+    private val specialIds = setOf(manifest.pad, manifest.unk, manifest.bos, manifest.eos)
+    private val startIds: IntArray = (0 until vocabSize).filter { tokenizer.wordStart[it] && it !in specialIds }.toIntArray()
 
     // As models/suggest.py: continuation pieces are all non-word-start pieces except pad/bos/eos (unk included).
     private val contIds: IntArray = (0 until vocabSize)
@@ -54,7 +57,6 @@ class Predictor @JvmOverloads constructor(
     private val boundaryIds: IntArray = startIds + manifest.eos
     private val pieceText = Array(vocabSize) { tokenizer.pieceText(it) }
 
-    private fun specials() = setOf(manifest.pad, manifest.unk, manifest.bos, manifest.eos)
 
     /** The state of a new message (zeros); feed `bos` first. */
     fun initialState() = LstmState(FloatArray(embedDim), FloatArray(hiddenDim))
@@ -92,7 +94,7 @@ class Predictor @JvmOverloads constructor(
 
     /** The [k] most likely next pieces (ids) after [logits], skipping the special ids. */
     fun topPieces(logits: FloatArray, k: Int): IntArray =
-        logits.indices.filter { it !in specials() }.sortedByDescending { logits[it] }.take(k).toIntArray()
+        logits.indices.filter { it !in specialIds }.sortedByDescending { logits[it] }.take(k).toIntArray()
 
     private fun logSoftmax(logits: FloatArray, offset: Int): DoubleArray {
         var max = Double.NEGATIVE_INFINITY
