@@ -7,7 +7,9 @@ tensor op: their flat weights are stacked into ``W [P, D]`` and one call of
 ``vmap(grad_and_value(mean_loss))`` computes all their gradients, so the CIFG recurrence's small
 matmuls become batched matmuls and the per-op overhead is paid once per group instead of once per
 phone. Phones are sorted by their number of steps; at step k only the phones that still have steps
-left (a prefix) are computed, so a phone that ran out of batches costs nothing.
+left (a prefix) are computed, so a phone that ran out of batches costs nothing; trailing positions
+that no phone of the group counts are cut off (exact: the network is causal and they are masked), which
+pays when batches hold rows of similar length (the phone host builds them so).
 
 The loss is ``models.onnx_train.mean_loss`` with a row chunk for the vocabulary softmax (the
 cache-friendly form, see ``models.cifg_lstm.masked_nll``); the result matches the per-phone reference
@@ -98,6 +100,9 @@ def train_phones(
             active = sum(1 for i in members if steps[i] > k)
             picked = [(t[k % len(t)], y[k % len(y)], m[k % len(m)]) for t, y, m in tensors[:active]]
             tok, tgt, msk = (torch.stack(x) for x in zip(*picked, strict=True))
+            # positions after the group's last counted target change nothing (causal, masked): cut them
+            used = int(torch.nonzero(msk.sum(dim=(0, 1))).max()) + 1 if bool(msk.any()) else 1
+            tok, tgt, msk = tok[:, :, :used], tgt[:, :, :used], msk[:, :, :used]
             grads, step_losses = step_fn(w[:active], tok, tgt, msk)
             with torch.no_grad():
                 scale = clip_scale(torch.linalg.vector_norm(grads, dim=1), clip_t)

@@ -201,11 +201,19 @@ class PhoneHost:
         return self._sequences[user]
 
     def phone_batches(self, user: int, seed: int) -> tuple[Batches, int, int, int]:
-        """(batches, steps, examples, tokens) of one phone this round; its seed shuffles its rows."""
+        """(batches, steps, examples, tokens) of one phone this round.
+
+        The phone's seed shuffles its rows; rows of similar length share a batch (ties in random order)
+        and the batch order is shuffled, so the torch engine can cut padding off each step.
+        """
         seqs = self.sequences(user)
-        order = np.random.default_rng(seed).permutation(len(seqs))
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(seqs))
+        order = order[np.argsort(seqs.lengths[order], kind="stable")]
         rows = seqs.take(order)
-        batches = Batches.from_rows(rows.inputs, rows.targets, rows.mask, self.task.batch_size)
+        b = Batches.from_rows(rows.inputs, rows.targets, rows.mask, self.task.batch_size)
+        shuffle = rng.permutation(b.tokens.shape[0])
+        batches = Batches(b.tokens[shuffle], b.targets[shuffle], b.mask[shuffle])
         n_batches = batches.tokens.shape[0]
         steps = self.task.local_steps or max(1, math.ceil(self.task.local_epochs * n_batches))
         return batches, steps, len(seqs), int(seqs.lengths.sum())
