@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import Tensor, nn
 
@@ -63,6 +64,7 @@ def build_predict(params: dict[str, Tensor]) -> onnx.ModelProto:
     model = program.model_proto
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
+    _unfold_tied_transpose(model)
     strip_metadata(model)
     for value in [*model.graph.input, *model.graph.output]:
         dim = value.type.tensor_type.shape.dim[0]
@@ -79,6 +81,23 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.prefix)
+
+
+def _unfold_tied_transpose(model: onnx.ModelProto) -> None:
+    """For small models the exporter constant-folds embedding.T into a second initializer; put the
+    Transpose back so that the tied weights are stored (and quantized) once."""
+    graph = model.graph
+    embedding = numpy_helper.to_array(next(t for t in graph.initializer if t.name == "embedding"))
+    for init in list(graph.initializer):
+        if (
+            init.name != "embedding"
+            and tuple(init.dims) == embedding.shape[::-1]
+            and np.array_equal(numpy_helper.to_array(init), embedding.T)
+        ):
+            graph.initializer.remove(init)
+            # Right before its reader, after the Gather: the quantizer then reuses the 8-bit embedding.
+            first_reader = next(i for i, node in enumerate(graph.node) if init.name in node.input)
+            graph.node.insert(first_reader, helper.make_node("Transpose", ["embedding"], [init.name], perm=[1, 0]))
 
 
 def quantize_predict(fp32_path: Path, int8_path: Path) -> None:

@@ -6,8 +6,10 @@ every tests/test_export_*, test_bundle_* and test_onnx_* module.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,6 +49,7 @@ def checkpoint() -> Checkpoint:
 @functools.cache
 def bundle_dir() -> Path:
     root = Path(tempfile.mkdtemp(prefix="fedkey-bundle-test-"))
+    atexit.register(shutil.rmtree, root, True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tracing is single-threaded work; don't contend with parallel test runs
     try:

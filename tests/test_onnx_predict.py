@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import export_fixtures as fx
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -66,3 +67,12 @@ def test_int8_agrees_on_top1(bundle, tokens) -> None:
     agreement = float((fp32.argmax(-1) == int8.argmax(-1)).mean())
     assert agreement >= 0.9, agreement
     assert bundle.path("predict_int8").stat().st_size < bundle.path("predict").stat().st_size
+
+
+def test_tied_embedding_is_stored_once(bundle) -> None:
+    """Small models make the exporter fold embedding.T into a second initializer; the bundle must not."""
+    vocab, embed = bundle.manifest.model.vocab_size, bundle.manifest.model.embed_dim
+    for role in ("predict", "predict_int8"):
+        model = onnx.load(bundle.path(role))
+        sizes = [int(np.prod(t.dims)) for t in model.graph.initializer]
+        assert sizes.count(vocab * embed) == 1, role
