@@ -43,8 +43,6 @@ from fedkey.server.optimizers import ServerOptimizerSettings
 from fedkey.server.sampling import over_selected
 from fedkey.server.strategy import FleetStrategySettings
 
-log = logging.getLogger(__name__)
-
 #: run_config keys besides dotted config overrides (``simulate.rounds = 5``).
 RUN_CONFIG_KEYS = ("config-file", "data-dir", "out", "resume", "progress")
 DEFAULT_DATA_CACHE = Path("data/chitchat")

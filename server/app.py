@@ -50,7 +50,9 @@ from fedkey.models.manifest import flatten_params, param_layout
 from fedkey.server.strategy import FleetStrategy, RoundRecord
 from fedkey.simulate import RunSettings, SimulationSetup, build_setup, config_from_run_config
 
-log = logging.getLogger(__name__)
+# under the "flwr" logger: its handlers and level apply (per-round lines under `flwr run`, quiet under
+# `fedkey simulate`, which shows a progress bar instead)
+log = logging.getLogger(f"flwr.{__name__}")
 
 METRIC_KEYS = ("round", "sim_time_s", "wall_time_s", "selected", "reported", "dropped", "stragglers",
                "rejected", "bytes_up", "bytes_down", "loss", "recall@1", "recall@3", "epsilon", "delta")

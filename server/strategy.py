@@ -64,7 +64,9 @@ from fedkey.server.fleet import Fleet, IdArray
 from fedkey.server.optimizers import ServerOptimizer, ServerOptimizerSettings
 from fedkey.server.sampling import sample_poisson, sample_uniform
 
-log = logging.getLogger(__name__)
+# under the "flwr" logger: its handlers and level apply (per-round lines under `flwr run`, quiet under
+# `fedkey simulate`, which shows a progress bar instead)
+log = logging.getLogger(f"flwr.{__name__}")
 
 WEIGHTS_KEY = "weights"
 ARRAYS_KEY = "arrays"
