@@ -29,9 +29,10 @@ SOURCES = [
 ]
 
 SEQ_LEN = 8
-WORDS = """i am you are we will see the a cat dog house going home now later today tomorrow love like want
+_VOCABULARY = """i am you are we will see the a cat dog house going home now later today tomorrow love like want
 need to go eat sleep play run good bad very really so what how why don't it's café naïve 2 10 100 o'clock
-meet at by noon lunch dinner""".split()
+meet at by noon lunch dinner"""
+WORDS = _VOCABULARY.split()
 PUNCT = [".", ",", "!", "?", ":)", "-", "…"]
 
 # Sentences whose normalisation and ids Kotlin must reproduce (synthetic or public-domain phrases).
@@ -65,10 +66,9 @@ TOKENIZER_CASES = [
 def noisy(n: int, seed: int) -> list[str]:
     """Random strings over a mixed alphabet: unknown characters, runs of them, apostrophes, odd spaces."""
     rng = random.Random(seed)
-    alphabet = list("abcdefghijklmnopqrstuvwxyz ABC  éüßçñ'’'-_.,!?0123") + [
-        "\u2581", "\u00a0", "\u3000", "\t", "漢", "字", "😀", "👍🏽", "★", "ﬁ", "Ⅻ", "²", "½", "ｇ", "\u0301", "ς", "Σ", "İ", "ǅ",
-        "\u200b", "\u1c1f", "\x1c",
-    ]
+    odd = ["\u2581", "\u00a0", "\u3000", "\t", "漢", "字", "😀", "👍🏽", "★", "ﬁ", "Ⅻ", "²", "½", "ｇ", "\u0301"]
+    odd += ["ς", "Σ", "İ", "ǅ", "\u200b", "\u1c1f", "\x1c"]
+    alphabet = [*"abcdefghijklmnopqrstuvwxyz ABC  éüßçñ'’'-_.,!?0123", *odd]
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(n)]
 
 
@@ -102,6 +102,7 @@ def floats(a) -> list[float]:
 def build(out: Path) -> None:
     import numpy as np
     import torch
+
     from fedkey.models.bundle import export_bundle
     from fedkey.models.checkpoint import Checkpoint
     from fedkey.models.cifg_lstm import CifgLstm, ModelConfig
@@ -198,8 +199,13 @@ def build(out: Path) -> None:
     shared, private = 0x1234_5678_9ABC_DEF0, 0x0FED_CBA9_8765_4321
     encoded = pipeline.encode(result.delta, [99], 3, 7, shared_seeds=[shared], private_seeds=[private])
     expected["encode"] = {
-        "stages": stages, "phone_id": 99, "round": 3, "model_version": 7,
-        "shared_seed": str(shared), "private_seed": str(private), "message_hex": encoded.messages[0].hex(),
+        "stages": stages,
+        "phone_id": 99,
+        "round": 3,
+        "model_version": 7,
+        "shared_seed": str(shared),
+        "private_seed": str(private),
+        "message_hex": encoded.messages[0].hex(),
     }
     (out / "expected.json").write_text(json.dumps(expected, ensure_ascii=False))
 
