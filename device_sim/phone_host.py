@@ -84,6 +84,7 @@ class HostTask:
     grad_clip: float = 1.0
     delta_clip: float = 0.0
     threads: int = 1
+    vmap_group: int = 0
 
     def to_config(self) -> dict[str, ConfigRecordValues]:
         """The ConfigRecord entries the server sends every round (plain scalars and JSON strings)."""
@@ -103,6 +104,7 @@ class HostTask:
             "grad-clip": float(self.grad_clip),
             "delta-clip": float(self.delta_clip),
             "threads": self.threads,
+            "vmap-group": self.vmap_group,
         }
 
     @classmethod
@@ -130,6 +132,7 @@ class HostTask:
                 grad_clip=float(record["grad-clip"]),  # type: ignore[arg-type]
                 delta_clip=float(record["delta-clip"]),  # type: ignore[arg-type]
                 threads=int(node.get("threads") or record["threads"]),  # type: ignore[call-overload]
+                vmap_group=int(record["vmap-group"]),  # type: ignore[arg-type]
             )
         except KeyError as err:
             raise PhoneHostError(f"host task lacks the key {err.args[0]!r}") from None
@@ -265,7 +268,7 @@ class PhoneHost:
         task = self.task
         if task.engine == "torch":
             result = train_phones(self.model, weights, batches, steps, lr=task.lr, grad_clip=task.grad_clip,
-                                  delta_clip=task.delta_clip)
+                                  delta_clip=task.delta_clip, group=task.vmap_group or None)
             return result.deltas, [float(x) for x in result.losses]
         updater = self.onnx_updater(threads)
         deltas = np.empty((len(batches), self.model.num_parameters()), np.float32)
