@@ -153,6 +153,7 @@ class SimulationRun:
         started = time.perf_counter()
         done = self.next_round - 1
         wall_s = self.wall_offset_s
+        self.strategy.summary()
         progress = _progress(self.settings.progress)
         with progress:
             task = progress.add_task("rounds", total=sim.rounds, completed=done)
