@@ -13,7 +13,7 @@ float32 global weights "weights", and ``ConfigRecord`` "config" holding the roun
 For each listed phone: the text of its real user (``Population.user_of``; phones beyond the real
 users reuse a real user's text), its first ``max-messages`` messages cut into ``seq-len`` windows,
 shuffled by the phone's seed, grouped into batches; ``local-steps`` SGD steps (or ``local-epochs``
-passes). The ``torch`` engine trains all the host's phones together (:mod:`batched_training`); the
+passes). The ``torch`` engine runs :mod:`batched_training` (``vmap-group`` phones vectorised together); the
 ``onnx`` engine runs ``local_update.onnx`` phone by phone, as the phone runs it (graphs exported once
 per process into a cache folder). Then the update pipeline encodes all deltas at once.
 
@@ -84,7 +84,7 @@ class HostTask:
     grad_clip: float = 1.0
     delta_clip: float = 0.0
     threads: int = 1
-    vmap_group: int = 0
+    vmap_group: int = 1
 
     def to_config(self) -> dict[str, ConfigRecordValues]:
         """The ConfigRecord entries the server sends every round (plain scalars and JSON strings)."""
