@@ -7,8 +7,9 @@ tensor op: their flat weights are stacked into ``W [P, D]`` and one call of
 ``vmap(grad_and_value(mean_loss))`` computes all their gradients, so the CIFG recurrence's small
 matmuls become batched matmuls and the per-op overhead is paid once per group instead of once per
 phone. Phones are sorted by their number of steps; at step k only the phones that still have steps
-left (a prefix) are computed, so a phone that ran out of batches costs nothing; trailing positions
-that no phone of the group counts are cut off (exact: the network is causal and they are masked), which
+left (a prefix) are computed, so a phone that ran out of batches costs nothing; trailing rows (the
+empty fill of a phone's last batch) and trailing positions that no phone of the group counts are cut
+off (exact: the network is causal, they are masked and the loss is a mean over counted targets), which
 pays when batches hold rows of similar length (the phone host builds them so).
 
 The loss is ``models.onnx_train.mean_loss`` with a row chunk for the vocabulary softmax (the
@@ -102,9 +103,12 @@ def train_phones(
             active = sum(1 for i in members if steps[i] > k)
             picked = [(t[k % len(t)], y[k % len(y)], m[k % len(m)]) for t, y, m in tensors[:active]]
             tok, tgt, msk = (torch.stack(x) for x in zip(*picked, strict=True))
-            # positions after the group's last counted target change nothing (causal, masked): cut them
-            used = int(torch.nonzero(msk.sum(dim=(0, 1))).max()) + 1 if bool(msk.any()) else 1
-            tok, tgt, msk = tok[:, :, :used], tgt[:, :, :used], msk[:, :, :used]
+            # rows and positions after the group's last counted target change nothing (the network is
+            # causal, they are masked, the loss is a mean over counted targets): cut them
+            if bool(msk.any()):
+                rows = int(torch.nonzero(msk.sum(dim=(0, 2))).max()) + 1
+                cols = int(torch.nonzero(msk.sum(dim=(0, 1))).max()) + 1
+                tok, tgt, msk = tok[:, :rows, :cols], tgt[:, :rows, :cols], msk[:, :rows, :cols]
             grads, step_losses = step_fn(w[:active], tok, tgt, msk)
             with torch.no_grad():
                 scale = clip_scale(torch.linalg.vector_norm(grads, dim=1), clip_t)
