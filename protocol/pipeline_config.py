@@ -34,6 +34,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from fedkey.privacy.calibration import LocalMechanism, gaussian_local_mechanism, laplace_local_mechanism
+from fedkey.protocol.hadamard import padded_length
 
 
 class _Stage(BaseModel):
@@ -219,13 +220,17 @@ class PipelineConfig(RootModel[list[StageSpec]]):
         return next((s for s in self.root if isinstance(s, GaussianNoiseStage | LaplaceNoiseStage)), None)
 
     def noised_length(self, dim: int) -> int:
-        """How many coordinates the noise stage sees (k if random_k comes first, else dim)."""
+        """How many coordinates the noise stage sees: k after a random_k, padded to whole Hadamard
+        blocks after a rotate (the padding zeros are noised too and count for the L1 sensitivity)."""
         kinds = self.kinds()
         noise_at = next(i for i, k in enumerate(kinds) if k in NOISE_KINDS)
+        length = dim
         for s in self.root[:noise_at]:
             if isinstance(s, RandomKStage):
-                return s.kept(dim)
-        return dim
+                length = s.kept(length)
+            elif isinstance(s, RotateStage):
+                length = padded_length(length, s.block)
+        return length
 
     def local_mechanism(self, dim: int, clip_norm: float | None = None) -> LocalMechanism | None:
         """The calibrated local DP report (σ or b, noise multiplier, ε, δ), or None without local DP.
