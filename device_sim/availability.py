@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+
 from fedkey.device_sim.config import AvailabilityConfig
 from fedkey.device_sim.devices import DeviceModel, FloatArray, IdArray, hashed_uniform, stream_key
 

@@ -26,6 +26,7 @@ from statistics import NormalDist
 
 import numpy as np
 import numpy.typing as npt
+
 from fedkey.device_sim.config import DeviceConfig
 
 _MASK64 = (1 << 64) - 1

@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
 from fedkey.device_sim.availability import CHUNK, AvailabilityModel, BoolArray
 from fedkey.device_sim.config import AvailabilityConfig, DeviceConfig, PopulationConfig, RoundTimeConfig
 from fedkey.device_sim.devices import (

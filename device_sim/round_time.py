@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from fedkey.device_sim.availability import BoolArray
 from fedkey.device_sim.config import RoundTimeConfig
 from fedkey.device_sim.devices import DeviceProfiles, FloatArray, IdArray, hashed_uniform, stream_key

@@ -1,6 +1,7 @@
 """Diurnal availability with time zones (device_sim/availability.py)."""
 
 import numpy as np
+
 from fedkey.device_sim.availability import AvailabilityModel
 from fedkey.device_sim.config import AvailabilityConfig, DeviceConfig
 from fedkey.device_sim.devices import DeviceModel

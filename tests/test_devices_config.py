@@ -1,8 +1,9 @@
 """Validation of the fleet configuration models (device_sim/config.py)."""
 
 import pytest
-from fedkey.device_sim.config import AvailabilityConfig, DeviceConfig, PopulationConfig, RoundTimeConfig
 from pydantic import ValidationError
+
+from fedkey.device_sim.config import AvailabilityConfig, DeviceConfig, PopulationConfig, RoundTimeConfig
 
 
 def test_defaults_are_the_documented_figures():

@@ -4,6 +4,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+
 from fedkey.device_sim.config import PopulationConfig
 from fedkey.device_sim.population import Population
 from fedkey.server.sampling import sample_uniform

@@ -1,6 +1,7 @@
 """Device profiles: counter-based generator, determinism, documented distributions (device_sim/devices.py)."""
 
 import numpy as np
+
 from fedkey.device_sim.config import DeviceConfig
 from fedkey.device_sim.devices import Categorical, DeviceModel, hashed_normal, hashed_uniform, stream_key
 

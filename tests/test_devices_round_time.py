@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from fedkey.device_sim.config import RoundTimeConfig
 from fedkey.device_sim.devices import DeviceProfiles
 from fedkey.device_sim.round_time import round_times, sample_dropouts, simulate_round
