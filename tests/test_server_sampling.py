@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from fedkey.server.sampling import over_selected, sample_poisson, sample_uniform
 
 
