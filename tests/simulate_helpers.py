@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
@@ -56,13 +55,3 @@ class LocalGrid:
             replies.append(self.tamper(reply) if self.tamper else reply)
         return replies
 
-
-def write_corpus_data(root: Path) -> Path:
-    """A prepared data folder from the shared synthetic corpus (tests/conftest.py)."""
-    from conftest import write_jsonl_corpus
-
-    from fedkey.device_sim.federated_data import prepare
-
-    corpus = write_jsonl_corpus(root / "corpus.jsonl")
-    prepare(f"jsonl:{corpus}", root / "data", vocab_size=64, lexicon_size=50)
-    return root / "data"
