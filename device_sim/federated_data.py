@@ -76,6 +76,13 @@ class FederatedData:
                    json.loads((root / "stats.json").read_text()))
 
 
+def sample_messages(users: list[UserData], n_users: int, seed: int) -> list[str]:
+    """All messages of `n_users` users drawn at random (seeded), in user order: an evaluation sample."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(users), size=min(n_users, len(users)), replace=False)
+    return [m for i in sorted(chosen) for m in users[i].messages]
+
+
 def is_test_user(user: str, seed: int, test_fraction: float) -> bool:
     digest = hashlib.blake2b(f"{seed}:{user}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64 < test_fraction

@@ -16,18 +16,12 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedkey.config import FedkeyConfig, to_toml
-from fedkey.device_sim.federated_data import FederatedData
+from fedkey.device_sim.federated_data import FederatedData, sample_messages
 from fedkey.models.checkpoint import Checkpoint
 from fedkey.models.cifg_lstm import CifgLstm
 from fedkey.models.evaluate import evaluate_model
 from fedkey.models.sequences import SequenceBatch, length_bucketed_batches, message_sequences
 from fedkey.plots import plot_metrics
-
-
-def _sample_messages(users: list, n_users: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(users), size=min(n_users, len(users)), replace=False)
-    return [m for i in sorted(chosen) for m in users[i].messages]
 
 
 def _trimmed(batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,7 +43,7 @@ def train_central(config: FedkeyConfig, data: FederatedData, out: Path, *, eval_
 
     train_text = [m for u in data.train_users for m in u.messages]
     seqs = message_sequences(data.tokenizer, train_text, cc.seq_len)
-    eval_text = _sample_messages(data.test_users, cc.eval_users, cc.seed)
+    eval_text = sample_messages(data.test_users, cc.eval_users, cc.seed)
 
     step, best = 0, -1.0
     if resume and (out / "checkpoint.pt").is_file():

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fedkey.config import ConfigError, FedkeyConfig, load_config
-from fedkey.device_sim.federated_data import FederatedData, prepare
+from fedkey.device_sim.federated_data import FederatedData, prepare, sample_messages
 from fedkey.device_sim.phone_host import HostTask
 from fedkey.device_sim.population import Population
 from fedkey.device_sim.round_time import RoundOutcome
@@ -161,12 +161,6 @@ def _check_pipeline(config: FedkeyConfig, dim: int) -> UpdatePipeline:
         raise SimulationConfigError(f"pipeline: {err}") from None
 
 
-def _sample_messages(users: list, n_users: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(users), size=min(n_users, len(users)), replace=False)
-    return [m for i in sorted(chosen) for m in users[i].messages]
-
-
 _SETUPS: dict[tuple[str, str], SimulationSetup] = {}
 
 
@@ -273,7 +267,7 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         task=task,
         strategy_settings=settings,
         initial_weights=weights,
-        eval_messages=_sample_messages(data.test_users, sim.eval_users, sim.seed),
+        eval_messages=sample_messages(data.test_users, sim.eval_users, sim.seed),
         final_messages=[m for u in data.test_users for m in u.messages],
     )
 
