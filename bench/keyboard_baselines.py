@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def ngram_metrics(data: FederatedData, order: int, max_positions: int) -> dict[str, dict[str, float]]:
     model = KneserNey((m for u in data.train_users for m in u.messages), data.lexicon, order=order)
     out = {}
-    for name, messages in (("held_out_users", [m for u in data.test_users for m in u.messages]),
-                           ("personal", [m for u in data.train_users for m in u.personal])):
+    for name, messages in (
+        ("held_out_users", [m for u in data.test_users for m in u.messages]),
+        ("personal", [m for u in data.train_users for m in u.personal]),
+    ):
         tokens = limit_positions(messages, max_positions)
         out[name] = recall_at_k(model, tokens, set(data.lexicon)).as_dict()
         out[name]["word_perplexity"] = model.perplexity(" ".join(t) for t in tokens)
@@ -39,26 +41,51 @@ def ngram_metrics(data: FederatedData, order: int, max_positions: int) -> dict[s
 def quick_lstm(data: FederatedData, max_positions: int) -> tuple[dict, str]:
     from fedkey.central import train_central
 
-    cfg = load_config(None, ['model.preset="small"', "central.max_minutes=1", "central.epochs=50",
-                             f"eval.max_positions={max_positions}", "central.threads=1"])
+    cfg = load_config(
+        None,
+        [
+            'model.preset="small"',
+            "central.max_minutes=1",
+            "central.epochs=50",
+            f"eval.max_positions={max_positions}",
+            "central.threads=1",
+        ],
+    )
     run = Path(tempfile.mkdtemp(prefix="fedkey-bench-"))
     return train_central(cfg, data, run), "small, 1 minute"
 
 
 def table(corpus: str, rows: list[tuple[str, dict]], commands: list[str]) -> str:
-    lines = [f"### {corpus}", "", "Commands:", "", "```", *commands, "```", "",
-             "| model | held-out recall@1 | recall@3 | perplexity | personal recall@1 | recall@3 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"### {corpus}",
+        "",
+        "Commands:",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+        "| model | held-out recall@1 | recall@3 | perplexity | personal recall@1 | recall@3 |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, m in rows:
         h, p = m["held_out_users"], m["personal"]
-        ppl = (f"{h['word_perplexity']:.1f} / word" if "perplexity" not in h
-               else f"{h['perplexity']:.1f} / piece, {h['word_perplexity']:.1f} / word")
-        lines.append(f"| {name} | {h['recall@1']:.4f} | {h['recall@3']:.4f} | {ppl} | "
-                     f"{p['recall@1']:.4f} | {p['recall@3']:.4f} |")
+        ppl = (
+            f"{h['word_perplexity']:.1f} / word"
+            if "perplexity" not in h
+            else f"{h['perplexity']:.1f} / piece, {h['word_perplexity']:.1f} / word"
+        )
+        lines.append(
+            f"| {name} | {h['recall@1']:.4f} | {h['recall@3']:.4f} | {ppl} | "
+            f"{p['recall@1']:.4f} | {p['recall@3']:.4f} |"
+        )
     h = rows[0][1]["held_out_users"]
-    lines += ["", f"{int(h['positions'])} held-out word positions; out-of-lexicon rate {h['oov_rate']:.3f} "
-              "(always a miss). n-gram perplexity scores out-of-lexicon words as one <unk> token, so it "
-              "is lower-bounded differently from the LSTM's word perplexity (total piece NLL / words)."]
+    lines += [
+        "",
+        f"{int(h['positions'])} held-out word positions; out-of-lexicon rate {h['oov_rate']:.3f} "
+        "(always a miss). n-gram perplexity scores out-of-lexicon words as one <unk> token, so it "
+        "is lower-bounded differently from the LSTM's word perplexity (total piece NLL / words).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -89,28 +116,37 @@ def main() -> None:
         prepare(args.corpus, data_dir)
     data = FederatedData.load(data_dir)
     positions = 5000 if args.quick else args.max_positions
-    rows = [("Kneser-Ney bigram", ngram_metrics(data, 2, positions)),
-            ("Kneser-Ney trigram", ngram_metrics(data, 3, positions))]
+    rows = [
+        ("Kneser-Ney bigram", ngram_metrics(data, 2, positions)),
+        ("Kneser-Ney trigram", ngram_metrics(data, 3, positions)),
+    ]
     commands = [f"fedkey data prepare --corpus {args.corpus} --out data/{args.corpus}"]
     if args.central_run:
         final = json.loads((args.central_run / "final.json").read_text())
         cfg = load_config(args.central_run / "config.toml")
         label = f"CIFG-LSTM {cfg.model.preset} ({final['parameters']:,} params, {final['steps']} steps)"
-        commands.append(f"fedkey train-central --data data/{args.corpus} --out {args.central_run} "
-                        f"(effective config: {args.central_run}/config.toml)")
+        commands.append(
+            f"fedkey train-central --data data/{args.corpus} --out {args.central_run} "
+            f"(effective config: {args.central_run}/config.toml)"
+        )
     else:
         final, how = quick_lstm(data, positions)
         label = f"CIFG-LSTM ({how})"
     rows.append((label, final))
-    commands.append("python bench/keyboard_baselines.py --corpus {} {}--write".format(
-        args.corpus, f"--central-run {args.central_run} " if args.central_run else ""))
+    commands.append(
+        "python bench/keyboard_baselines.py --corpus {} {}--write".format(
+            args.corpus, f"--central-run {args.central_run} " if args.central_run else ""
+        )
+    )
     text = table(args.corpus, rows, commands)
     print(text)
     if args.write:
         write_section(args.corpus, text)
     r1 = [m["held_out_users"]["recall@1"] for _, m in rows]
-    print(f"RESULT corpus={args.corpus} bigram_r1={r1[0]:.4f} trigram_r1={r1[1]:.4f} lstm_r1={r1[2]:.4f} "
-          f"lstm_over_trigram_r1={r1[2] / r1[1]:.3f}")
+    print(
+        f"RESULT corpus={args.corpus} bigram_r1={r1[0]:.4f} trigram_r1={r1[1]:.4f} lstm_r1={r1[2]:.4f} "
+        f"lstm_over_trigram_r1={r1[2] / r1[1]:.3f}"
+    )
 
 
 if __name__ == "__main__":

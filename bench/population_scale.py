@@ -50,15 +50,11 @@ def run_rounds(population: Population, cohort: int, rounds: int) -> tuple[int, i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 rounds instead of 200")
     parser.add_argument("--population", type=int, default=100_000, help="phones in the population")
     parser.add_argument("--cohort", type=int, default=1_000, help="reports wanted per round (goal count)")
-    parser.add_argument(
-        "--rounds", type=int, default=None, help="rounds to time (default 200, 20 with --quick)"
-    )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds to time (default 200, 20 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="population seed")
     args = parser.parse_args()
     rounds = args.rounds or (20 if args.quick else 200)
@@ -76,10 +72,7 @@ def main() -> None:
     tracemalloc.stop()
 
     print(f"population {args.population:,} phones, goal {args.cohort:,} reports per round, {rounds} rounds")
-    print(
-        f"  selected {selected / rounds:.0f} per round (130% over-selection), "
-        f"reported {reported / rounds:.0f}"
-    )
+    print(f"  selected {selected / rounds:.0f} per round (130% over-selection), reported {reported / rounds:.0f}")
     print(f"  eligibility + sampling + round time: {per_round_ms:.2f} ms per round, peak {peak_mb:.2f} MB")
     print(
         f"RESULT population={args.population} cohort={args.cohort} "

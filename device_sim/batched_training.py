@@ -93,8 +93,11 @@ def train_phones(
     for g0 in range(0, n, g):
         members = order[g0 : g0 + g]
         tensors = [
-            (torch.from_numpy(batches[i].tokens), torch.from_numpy(batches[i].targets),
-             torch.from_numpy(batches[i].mask))
+            (
+                torch.from_numpy(batches[i].tokens),
+                torch.from_numpy(batches[i].targets),
+                torch.from_numpy(batches[i].mask),
+            )
             for i in members
         ]
         w = start.expand(len(members), dim).clone()

@@ -20,9 +20,7 @@ _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 def _check_weights(values: list[float], weights: list[float], what: str) -> None:
     if len(values) != len(weights):
-        raise ValueError(
-            f"{what}: {len(values)} values but {len(weights)} weights; give one weight per value"
-        )
+        raise ValueError(f"{what}: {len(values)} values but {len(weights)} weights; give one weight per value")
     if any(w < 0 for w in weights):
         raise ValueError(f"{what}: weights must be >= 0, got {weights}")
     if sum(weights) <= 0:
@@ -51,23 +49,18 @@ class DeviceConfig(BaseModel):
         gt=0,
         description="Median download bandwidth in MB/s (1 MB = 10^6 bytes); field guide: ~0.75 MB/s.",
     )
-    download_sigma: float = Field(
-        0.8, ge=0, description="Lognormal sigma of the download bandwidth (assumption)."
-    )
+    download_sigma: float = Field(0.8, ge=0, description="Lognormal sigma of the download bandwidth (assumption).")
     upload_median_mb_s: float = Field(
         0.25,
         gt=0,
         description="Median upload bandwidth in MB/s (1 MB = 10^6 bytes); field guide: ~0.25 MB/s.",
     )
-    upload_sigma: float = Field(
-        0.8, ge=0, description="Lognormal sigma of the upload bandwidth (assumption)."
-    )
+    upload_sigma: float = Field(0.8, ge=0, description="Lognormal sigma of the upload bandwidth (assumption).")
     bandwidth_correlation: float = Field(
         0.7,
         ge=-1,
         le=1,
-        description="Correlation of a phone's log download and log upload bandwidth (same network; "
-        "assumption).",
+        description="Correlation of a phone's log download and log upload bandwidth (same network; assumption).",
     )
     memory_tiers_gb: list[float] = Field(
         [2.0, 3.0, 4.0, 6.0, 8.0, 12.0],
@@ -83,8 +76,7 @@ class DeviceConfig(BaseModel):
         0.6,
         ge=-1,
         le=1,
-        description="Correlation between a phone's speed and its RAM tier (faster phones have more "
-        "RAM; assumption).",
+        description="Correlation between a phone's speed and its RAM tier (faster phones have more RAM; assumption).",
     )
     dropout_min: float = Field(
         0.06,
@@ -120,9 +112,7 @@ class DeviceConfig(BaseModel):
         if any(not -12.0 <= o <= 14.0 for o in self.utc_offsets_h):
             raise ValueError(f"utc_offsets_h must lie in [-12, 14] hours, got {self.utc_offsets_h}")
         if self.dropout_min > self.dropout_max:
-            raise ValueError(
-                f"dropout_min ({self.dropout_min}) must not exceed dropout_max ({self.dropout_max})"
-            )
+            raise ValueError(f"dropout_min ({self.dropout_min}) must not exceed dropout_max ({self.dropout_max})")
         return self
 
 
@@ -148,9 +138,7 @@ class AvailabilityConfig(BaseModel):
         description="Probability that a phone is eligible far from its peak (daytime); must not "
         "exceed peak_probability.",
     )
-    peak_local_hour: float = Field(
-        2.0, ge=0, lt=24, description="Local hour (0-24) at which eligibility peaks."
-    )
+    peak_local_hour: float = Field(2.0, ge=0, lt=24, description="Local hour (0-24) at which eligibility peaks.")
     night_width_h: float = Field(
         4.0,
         gt=0,
@@ -177,8 +165,7 @@ class AvailabilityConfig(BaseModel):
     def _floor_below_peak(self) -> AvailabilityConfig:
         if self.daytime_floor > self.peak_probability:
             raise ValueError(
-                f"daytime_floor ({self.daytime_floor}) must not exceed peak_probability "
-                f"({self.peak_probability})"
+                f"daytime_floor ({self.daytime_floor}) must not exceed peak_probability ({self.peak_probability})"
             )
         return self
 
@@ -220,6 +207,4 @@ class PopulationConfig(BaseModel):
     availability: AvailabilityConfig = Field(
         default_factory=AvailabilityConfig, description="Diurnal availability process."
     )
-    round_time: RoundTimeConfig = Field(
-        default_factory=RoundTimeConfig, description="Per-phone round-time model."
-    )
+    round_time: RoundTimeConfig = Field(default_factory=RoundTimeConfig, description="Per-phone round-time model.")

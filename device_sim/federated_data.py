@@ -72,8 +72,13 @@ class FederatedData:
                 record = json.loads(line)
                 users.append(UserData(record["user"], record["split"], record["messages"], record["personal"]))
         lexicon = (root / "lexicon.txt").read_text(encoding="utf-8").split("\n")
-        return cls(root, users, [w for w in lexicon if w], Tokenizer.load(root / "tokenizer.model"),
-                   json.loads((root / "stats.json").read_text()))
+        return cls(
+            root,
+            users,
+            [w for w in lexicon if w],
+            Tokenizer.load(root / "tokenizer.model"),
+            json.loads((root / "stats.json").read_text()),
+        )
 
 
 def sample_messages(users: list[UserData], n_users: int, seed: int) -> list[str]:
@@ -157,10 +162,21 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare(corpus: str, out: str | Path, *, test_fraction: float = 0.1, personal_fraction: float = 0.2,
-            min_messages: int = 2, max_messages_per_user: int = 1000, max_words_per_message: int = 64,
-            lexicon_size: int = 10_000, seed: int = 0, vocab_size: int = 8192, model_type: str = "unigram",
-            tokenizer_source: str = "train") -> FederatedData:
+def prepare(
+    corpus: str,
+    out: str | Path,
+    *,
+    test_fraction: float = 0.1,
+    personal_fraction: float = 0.2,
+    min_messages: int = 2,
+    max_messages_per_user: int = 1000,
+    max_words_per_message: int = 64,
+    lexicon_size: int = 10_000,
+    seed: int = 0,
+    vocab_size: int = 8192,
+    model_type: str = "unigram",
+    tokenizer_source: str = "train",
+) -> FederatedData:
     """Build a prepared folder from a corpus. Writes prepare.json last, so a crash leaves no valid folder."""
     out = Path(out)
     users = clean_users(load_corpus(corpus), min_messages, max_messages_per_user, max_words_per_message)
@@ -173,25 +189,41 @@ def prepare(corpus: str, out: str | Path, *, test_fraction: float = 0.1, persona
     if tokenizer_source == "train":
         tok_text: Iterable[str] = (m for u in train for m in u.messages)
     else:  # a public corpus: no user's text shapes the vocabulary
-        tok_text = (m for u in clean_users(load_corpus(tokenizer_source), 1, 10**9, max_words_per_message)
-                    for m in u.messages)
+        tok_text = (
+            m for u in clean_users(load_corpus(tokenizer_source), 1, 10**9, max_words_per_message) for m in u.messages
+        )
     tokenizer = train_tokenizer(tok_text, vocab_size=vocab_size, model_type=model_type)
     lexicon = build_lexicon(train, lexicon_size)
     stats = compute_stats(data_users, lexicon) | {"corpus": corpus, "vocab_size": tokenizer.vocab_size}
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "prepare.json").unlink(missing_ok=True)
-    _write_atomic(out / "users.jsonl", "".join(
-        json.dumps({"user": u.user, "split": u.split, "messages": u.messages, "personal": u.personal},
-                   ensure_ascii=False) + "\n" for u in data_users))
+    _write_atomic(
+        out / "users.jsonl",
+        "".join(
+            json.dumps(
+                {"user": u.user, "split": u.split, "messages": u.messages, "personal": u.personal}, ensure_ascii=False
+            )
+            + "\n"
+            for u in data_users
+        ),
+    )
     _write_atomic(out / "lexicon.txt", "\n".join(lexicon) + "\n")
     tokenizer.save(out / "tokenizer.model")
     _write_atomic(out / "stats.json", json.dumps(stats, indent=2))
     settings = {
-        "format": FORMAT, "corpus": corpus, "test_fraction": test_fraction, "personal_fraction": personal_fraction,
-        "min_messages": min_messages, "max_messages_per_user": max_messages_per_user,
-        "max_words_per_message": max_words_per_message, "lexicon_size": lexicon_size, "seed": seed,
-        "vocab_size": vocab_size, "model_type": model_type, "tokenizer_source": tokenizer_source,
+        "format": FORMAT,
+        "corpus": corpus,
+        "test_fraction": test_fraction,
+        "personal_fraction": personal_fraction,
+        "min_messages": min_messages,
+        "max_messages_per_user": max_messages_per_user,
+        "max_words_per_message": max_words_per_message,
+        "lexicon_size": lexicon_size,
+        "seed": seed,
+        "vocab_size": vocab_size,
+        "model_type": model_type,
+        "tokenizer_source": tokenizer_source,
     }
     _write_atomic(out / "prepare.json", json.dumps(settings, indent=2))
     return FederatedData.load(out)

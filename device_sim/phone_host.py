@@ -108,8 +108,9 @@ class HostTask:
         }
 
     @classmethod
-    def from_config(cls, record: Mapping[str, ConfigRecordValues],
-                    node_config: Mapping[str, object] | None = None) -> HostTask:
+    def from_config(
+        cls, record: Mapping[str, ConfigRecordValues], node_config: Mapping[str, object] | None = None
+    ) -> HostTask:
         """Parse a task; node config ``data-dir`` / ``threads`` override the server's values."""
         node = node_config or {}
         try:
@@ -139,8 +140,15 @@ class HostTask:
 
     def host_key(self) -> tuple[str, ...]:
         """What the cached per-process host state depends on."""
-        return (self.data_dir, self.model.model_dump_json(), self.population.model_dump_json(),
-                self.pipeline.model_dump_json(), str(self.run_seed), str(self.seq_len), str(self.max_messages))
+        return (
+            self.data_dir,
+            self.model.model_dump_json(),
+            self.population.model_dump_json(),
+            self.pipeline.model_dump_json(),
+            str(self.run_seed),
+            str(self.seq_len),
+            str(self.max_messages),
+        )
 
 
 #: Phones trained and encoded together in a host (bounds the deltas held at once).
@@ -161,13 +169,20 @@ class HostResult:
 
     def to_content(self) -> RecordDict:
         """The reply's records."""
-        return RecordDict({
-            "updates": ConfigRecord({"phone-ids": self.phone_ids, "payloads": self.payloads}),
-            "metrics": MetricRecord({
-                "examples": self.examples, "tokens": self.tokens, "loss": self.losses,
-                "train-s": self.train_s, "encode-s": self.encode_s,
-            }),
-        })
+        return RecordDict(
+            {
+                "updates": ConfigRecord({"phone-ids": self.phone_ids, "payloads": self.payloads}),
+                "metrics": MetricRecord(
+                    {
+                        "examples": self.examples,
+                        "tokens": self.tokens,
+                        "loss": self.losses,
+                        "train-s": self.train_s,
+                        "encode-s": self.encode_s,
+                    }
+                ),
+            }
+        )
 
 
 @functools.lru_cache(maxsize=4)
@@ -228,8 +243,15 @@ class PhoneHost:
             self._onnx = OnnxLocalUpdate(path, intra_op_threads=threads)
         return self._onnx
 
-    def run(self, weights: np.ndarray, phone_ids: list[int], phone_seeds: list[int], round_idx: int,
-            model_version: int, threads: int) -> HostResult:
+    def run(
+        self,
+        weights: np.ndarray,
+        phone_ids: list[int],
+        phone_seeds: list[int],
+        round_idx: int,
+        model_version: int,
+        threads: int,
+    ) -> HostResult:
         """Train and encode every listed phone (phones without any text are left out of the reply).
 
         Phones go through training and encoding ``PHONES_PER_CHUNK`` at a time, ordered by their number
@@ -262,13 +284,22 @@ class PhoneHost:
             out.encode_s += time.perf_counter() - t1
         return out
 
-    def train(self, weights: np.ndarray, batches: list[Batches], steps: list[int],
-              threads: int) -> tuple[np.ndarray, list[float]]:
+    def train(
+        self, weights: np.ndarray, batches: list[Batches], steps: list[int], threads: int
+    ) -> tuple[np.ndarray, list[float]]:
         """(deltas [P, D], mean step losses) of phones with these batches and step counts."""
         task = self.task
         if task.engine == "torch":
-            result = train_phones(self.model, weights, batches, steps, lr=task.lr, grad_clip=task.grad_clip,
-                                  delta_clip=task.delta_clip, group=task.vmap_group or None)
+            result = train_phones(
+                self.model,
+                weights,
+                batches,
+                steps,
+                lr=task.lr,
+                grad_clip=task.grad_clip,
+                delta_clip=task.delta_clip,
+                group=task.vmap_group or None,
+            )
             return result.deltas, [float(x) for x in result.losses]
         updater = self.onnx_updater(threads)
         deltas = np.empty((len(batches), self.model.num_parameters()), np.float32)

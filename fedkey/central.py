@@ -27,12 +27,16 @@ from fedkey.plots import plot_metrics
 def _trimmed(batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cut the batch to its longest row: buckets of short messages then cost short steps."""
     t = int(batch.lengths.max())
-    return (torch.from_numpy(batch.inputs[:, :t]), torch.from_numpy(batch.targets[:, :t]),
-            torch.from_numpy(batch.mask[:, :t]))
+    return (
+        torch.from_numpy(batch.inputs[:, :t]),
+        torch.from_numpy(batch.targets[:, :t]),
+        torch.from_numpy(batch.mask[:, :t]),
+    )
 
 
-def train_central(config: FedkeyConfig, data: FederatedData, out: Path, *, eval_positions: int = 3000,
-                  resume: bool = False) -> dict[str, dict[str, float]]:
+def train_central(
+    config: FedkeyConfig, data: FederatedData, out: Path, *, eval_positions: int = 3000, resume: bool = False
+) -> dict[str, dict[str, float]]:
     """Train on pooled training-user text; returns final held-out and personal metrics."""
     cc = config.central
     torch.set_num_threads(cc.threads)
@@ -65,10 +69,21 @@ def train_central(config: FedkeyConfig, data: FederatedData, out: Path, *, eval_
 
     def evaluate_and_save() -> None:
         nonlocal best
-        metrics = evaluate_model(model, data.tokenizer, data.lexicon, eval_text, max_positions=eval_positions,
-                                 beam=config.eval.beam, max_word_pieces=config.eval.max_word_pieces)
-        record = {"step": step, "epoch": step / steps_per_epoch, "wall_s": time.monotonic() - started,
-                  "train_tokens_per_s": tokens_seen / max(time.monotonic() - started, 1e-9)} | metrics
+        metrics = evaluate_model(
+            model,
+            data.tokenizer,
+            data.lexicon,
+            eval_text,
+            max_positions=eval_positions,
+            beam=config.eval.beam,
+            max_word_pieces=config.eval.max_word_pieces,
+        )
+        record = {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "wall_s": time.monotonic() - started,
+            "train_tokens_per_s": tokens_seen / max(time.monotonic() - started, 1e-9),
+        } | metrics
         with (out / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         improved = metrics["recall@1"] > best
@@ -80,13 +95,19 @@ def train_central(config: FedkeyConfig, data: FederatedData, out: Path, *, eval_
         if improved:
             ckpt.save(out / "best.pt")
         plot_metrics(out / "metrics.jsonl", out / "metrics.png", x="step")
-        summary = (f"recall@1 {metrics['recall@1']:.3f} recall@3 {metrics['recall@3']:.3f} "
-                   f"ppl {metrics['perplexity']:.1f}")
+        summary = (
+            f"recall@1 {metrics['recall@1']:.3f} recall@3 {metrics['recall@3']:.3f} ppl {metrics['perplexity']:.1f}"
+        )
         progress.update(task, description=summary)
         progress.console.print(f"step {step} (epoch {record['epoch']:.2f}): {summary}")
 
-    columns = (TextColumn("[bold]central[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
+    columns = (
+        TextColumn("[bold]central[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns) as progress:
         task = progress.add_task("training", total=total_steps, completed=step)
         while step < total_steps and time.monotonic() < deadline:
@@ -110,10 +131,12 @@ def train_central(config: FedkeyConfig, data: FederatedData, out: Path, *, eval_
     ev = config.eval
     kwargs = {"max_positions": ev.max_positions, "beam": ev.beam, "max_word_pieces": ev.max_word_pieces}
     final = {
-        "held_out_users": evaluate_model(final_model, data.tokenizer, data.lexicon,
-                                         [m for u in data.test_users for m in u.messages], **kwargs),
-        "personal": evaluate_model(final_model, data.tokenizer, data.lexicon,
-                                   [m for u in data.train_users for m in u.personal], **kwargs),
+        "held_out_users": evaluate_model(
+            final_model, data.tokenizer, data.lexicon, [m for u in data.test_users for m in u.messages], **kwargs
+        ),
+        "personal": evaluate_model(
+            final_model, data.tokenizer, data.lexicon, [m for u in data.train_users for m in u.personal], **kwargs
+        ),
         "steps": step,
         "parameters": model_config.num_parameters(),
     }

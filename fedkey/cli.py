@@ -14,8 +14,13 @@ app = typer.Typer(
 
 # Areas register their sub-apps / commands below (one line each).
 from fedkey.cli_foundation import (  # noqa: E402, I001
-    baseline_command, config_app, data_app, evaluate_command, train_central_command,
+    baseline_command,
+    config_app,
+    data_app,
+    evaluate_command,
+    train_central_command,
 )
+
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.command("baseline")(baseline_command)
@@ -25,8 +30,11 @@ from fedkey.cli_demo import demo_command  # noqa: E402
 
 app.command("demo")(demo_command)
 from fedkey.cli_export import export_command  # noqa: E402, I001
+
 app.command("export")(export_command)
 from fedkey.cli_privacy import privacy_app  # noqa: E402, I001
+
 app.add_typer(privacy_app, name="privacy")
 from fedkey.cli_simulate import EPILOG as SIMULATE_EPILOG, simulate_command  # noqa: E402, I001
+
 app.command("simulate", epilog=SIMULATE_EPILOG)(simulate_command)

@@ -24,8 +24,9 @@ SetOption = Annotated[
 ]
 
 
-def effective_config(config: Path | None, overrides: list[str] | None,
-                     extra: Callable[[], list[str]] | None = None) -> FedkeyConfig:
+def effective_config(
+    config: Path | None, overrides: list[str] | None, extra: Callable[[], list[str]] | None = None
+) -> FedkeyConfig:
     """Config file + --set overrides + overrides implied by a command's own flags."""
     with user_errors():
         return load_config(config, [*(overrides or []), *(extra() if extra else [])])

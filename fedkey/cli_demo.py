@@ -14,7 +14,8 @@ from fedkey.cli_common import console, effective_config, user_errors
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the demo's outputs.")] = Path("runs/demo"),
     data: Annotated[Path, typer.Option(help="Prepared-data cache (created from chitchat if absent).")] = Path(
-        "data/chitchat"),
+        "data/chitchat"
+    ),
     minutes: Annotated[float, typer.Option(help="Training time budget in minutes.")] = 4.0,
 ) -> None:
     """Prepare chitchat, fit the trigram baseline, train the small CIFG-LSTM briefly, compare them."""
@@ -23,8 +24,10 @@ def demo_command(
     from fedkey.models.metrics import limit_positions, recall_at_k
     from fedkey.models.ngram import KneserNey
 
-    cfg = effective_config(None, ['model.preset="small"', f"central.max_minutes={minutes}", "central.epochs=50",
-                                  "eval.max_positions=20000"])
+    cfg = effective_config(
+        None,
+        ['model.preset="small"', f"central.max_minutes={minutes}", "central.epochs=50", "eval.max_positions=20000"],
+    )
     with user_errors():
         if not (data / "prepare.json").is_file():
             console.print(f"preparing chitchat into {data} ...")
@@ -40,6 +43,8 @@ def demo_command(
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     console.print(f"held-out users, {int(lstm['positions'])} word positions:")
     console.print(f"  Kneser-Ney trigram   recall@1 {tri['recall@1']:.3f}  recall@3 {tri['recall@3']:.3f}")
-    console.print(f"  CIFG-LSTM (small)    recall@1 {lstm['recall@1']:.3f}  recall@3 {lstm['recall@3']:.3f}"
-                  f"  perplexity {lstm['perplexity']:.1f} per piece")
+    console.print(
+        f"  CIFG-LSTM (small)    recall@1 {lstm['recall@1']:.3f}  recall@3 {lstm['recall@3']:.3f}"
+        f"  perplexity {lstm['perplexity']:.1f} per piece"
+    )
     console.print(f"outputs in {out}: metrics.jsonl, metrics.png, best.pt, final.json, demo.json")

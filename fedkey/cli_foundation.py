@@ -37,21 +37,38 @@ def data_prepare(
     cfg = effective_config(config, set_, lambda: [f'data.corpus="{corpus}"'] if corpus else [])
     d, t = cfg.data, cfg.tokenizer
     with user_errors():
-        data = prepare(d.corpus, out, test_fraction=d.test_fraction, personal_fraction=d.personal_fraction,
-                       min_messages=d.min_messages, max_messages_per_user=d.max_messages_per_user,
-                       max_words_per_message=d.max_words_per_message, lexicon_size=d.lexicon_size, seed=d.seed,
-                       vocab_size=t.vocab_size, model_type=t.model_type, tokenizer_source=t.source)
+        data = prepare(
+            d.corpus,
+            out,
+            test_fraction=d.test_fraction,
+            personal_fraction=d.personal_fraction,
+            min_messages=d.min_messages,
+            max_messages_per_user=d.max_messages_per_user,
+            max_words_per_message=d.max_words_per_message,
+            lexicon_size=d.lexicon_size,
+            seed=d.seed,
+            vocab_size=t.vocab_size,
+            model_type=t.model_type,
+            tokenizer_source=t.source,
+        )
     s = data.stats
     table = Table(title=f"{d.corpus} -> {out}")
     for col in ("split", "users", "messages", "words", "median msgs/user"):
         table.add_column(col)
     for split in ("train", "test"):
         row = s[split]
-        table.add_row(split, str(row["users"]), str(row["messages"]), str(row["words"]),
-                      str(row["messages_per_user"].get("p50", 0)))
+        table.add_row(
+            split,
+            str(row["users"]),
+            str(row["messages"]),
+            str(row["words"]),
+            str(row["messages_per_user"].get("p50", 0)),
+        )
     console.print(table)
-    console.print(f"vocabulary {s['vocab_size']} pieces, lexicon {s['lexicon_size']} words, "
-                  f"held-out OOV rate {s['test_oov_rate']:.3f}")
+    console.print(
+        f"vocabulary {s['vocab_size']} pieces, lexicon {s['lexicon_size']} words, "
+        f"held-out OOV rate {s['test_oov_rate']:.3f}"
+    )
 
 
 def _load_data(path: Path):
@@ -77,8 +94,10 @@ def baseline_command(
     fd = _load_data(data)
     model = KneserNey((m for u in fd.train_users for m in u.messages), fd.lexicon, order=order)
     result = {"model": f"kneser-ney-{order}gram"}
-    for name, messages in (("held_out_users", [m for u in fd.test_users for m in u.messages]),
-                           ("personal", [m for u in fd.train_users for m in u.personal])):
+    for name, messages in (
+        ("held_out_users", [m for u in fd.test_users for m in u.messages]),
+        ("personal", [m for u in fd.train_users for m in u.personal]),
+    ):
         tokens = limit_positions(messages, max_positions)
         metrics = recall_at_k(model, tokens, set(fd.lexicon)).as_dict()
         metrics["word_perplexity"] = model.perplexity(" ".join(t) for t in tokens)
@@ -123,10 +142,12 @@ def evaluate_command(
         ckpt = Checkpoint.load(checkpoint)
     kwargs = {"max_positions": max_positions, "beam": cfg.eval.beam, "max_word_pieces": cfg.eval.max_word_pieces}
     final = {
-        "held_out_users": evaluate_model(ckpt.model, fd.tokenizer, fd.lexicon,
-                                         [m for u in fd.test_users for m in u.messages], **kwargs),
-        "personal": evaluate_model(ckpt.model, fd.tokenizer, fd.lexicon,
-                                   [m for u in fd.train_users for m in u.personal], **kwargs),
+        "held_out_users": evaluate_model(
+            ckpt.model, fd.tokenizer, fd.lexicon, [m for u in fd.test_users for m in u.messages], **kwargs
+        ),
+        "personal": evaluate_model(
+            ckpt.model, fd.tokenizer, fd.lexicon, [m for u in fd.train_users for m in u.personal], **kwargs
+        ),
     }
     _print_final(final)
     typer.echo(json.dumps(final, indent=2))
@@ -138,6 +159,7 @@ def _print_final(final: dict) -> None:
         table.add_column(col)
     for name in ("held_out_users", "personal"):
         m = final[name]
-        table.add_row(name, f"{m['recall@1']:.4f}", f"{m['recall@3']:.4f}", f"{m['perplexity']:.1f}",
-                      str(m["positions"]))
+        table.add_row(
+            name, f"{m['recall@1']:.4f}", f"{m['recall@3']:.4f}", f"{m['perplexity']:.1f}", str(m["positions"])
+        )
     console.print(table)

@@ -26,30 +26,49 @@ def settings_help(section: str, model: type[BaseModel]) -> list[str]:
     return lines
 
 
-EPILOG = "\n\n".join([
-    "Settings (--set KEY=VALUE, or in the --config TOML):",
-    *settings_help("simulate", SimulateConfig),
-    "  \\[population]: the phone fleet (see fedkey config show and docs/devices.md)",
-    "  \\[\\[pipeline]]: update pipeline stages (clip, top_k, random_k, rotate, quantize, gaussian_noise, ...)",
-    "  \\[central_dp]: central DP-FedAvg (noise_multiplier, clip_norm, delta, target_epsilon, accountant)",
-    "Outputs and examples: docs/simulate.md.",
-])
+EPILOG = "\n\n".join(
+    [
+        "Settings (--set KEY=VALUE, or in the --config TOML):",
+        *settings_help("simulate", SimulateConfig),
+        "  \\[population]: the phone fleet (see fedkey config show and docs/devices.md)",
+        "  \\[\\[pipeline]]: update pipeline stages (clip, top_k, random_k, rotate, quantize, gaussian_noise, ...)",
+        "  \\[central_dp]: central DP-FedAvg (noise_multiplier, clip_norm, delta, target_epsilon, accountant)",
+        "Outputs and examples: docs/simulate.md.",
+    ]
+)
 
 
 def simulate_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: metrics.jsonl, config.toml, "
-                                      "checkpoint.pt, participation.json, final.json, bundle/.")],
-    data: Annotated[Path | None, typer.Option(
-        "--data", "-d", help="Prepared data folder (fedkey data prepare); default: chitchat, prepared into "
-        "data/chitchat on first use.")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder: metrics.jsonl, config.toml, checkpoint.pt, participation.json, final.json, bundle/.",
+        ),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Prepared data folder (fedkey data prepare); default: chitchat, prepared into "
+            "data/chitchat on first use.",
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
-    resume: Annotated[bool, typer.Option(
-        help="Continue after OUT/checkpoint.pt (config from OUT/config.toml unless --config is given); the "
-        "result equals an uninterrupted run.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue after OUT/checkpoint.pt (config from OUT/config.toml unless --config is given); the "
+            "result equals an uninterrupted run."
+        ),
+    ] = False,
     rounds: Annotated[int | None, typer.Option(help="Rounds to run (simulate.rounds).", min=1)] = None,
-    cohort: Annotated[int | None, typer.Option(
-        help="Reports per round, the goal count (simulate.cohort_size).", min=1)] = None,
+    cohort: Annotated[
+        int | None, typer.Option(help="Reports per round, the goal count (simulate.cohort_size).", min=1)
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Federated training of the keyboard model over a simulated phone fleet: a Flower ServerApp with
@@ -74,14 +93,23 @@ def simulate_command(
         build_setup(cfg, data_dir)  # refuse a configuration that cannot work before Flower starts
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(to_toml(cfg))
-    run_config = {"config-file": str(out / "config.toml"), "data-dir": str(data_dir), "out": str(out),
-                  "resume": resume, "progress": True}
+    run_config = {
+        "config-file": str(out / "config.toml"),
+        "data-dir": str(data_dir),
+        "out": str(out),
+        "resume": resume,
+        "progress": True,
+    }
     with user_errors():
         run_local(run_config, verbose=verbose)
     final = json.loads((out / "final.json").read_text())
     held = final["held_out_users"]
-    console.print(f"{final['rounds']} rounds (stopped by {final['stopped_by']}), simulated "
-                  f"{final['sim_time_s'] / 3600:.2f} h: held-out recall@1 {held['recall@1']:.4f}, "
-                  f"recall@3 {held['recall@3']:.4f}")
-    console.print(f"run folder: {out}  (metrics.jsonl, config.toml, checkpoint.pt, participation.json, "
-                  f"final.json{', bundle/' if cfg.simulate.export_bundle else ''})")
+    console.print(
+        f"{final['rounds']} rounds (stopped by {final['stopped_by']}), simulated "
+        f"{final['sim_time_s'] / 3600:.2f} h: held-out recall@1 {held['recall@1']:.4f}, "
+        f"recall@3 {held['recall@3']:.4f}"
+    )
+    console.print(
+        f"run folder: {out}  (metrics.jsonl, config.toml, checkpoint.pt, participation.json, "
+        f"final.json{', bundle/' if cfg.simulate.export_bundle else ''})"
+    )

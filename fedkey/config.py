@@ -100,16 +100,21 @@ class SimulateConfig(_Strict):
 
     rounds: int = Field(50, ge=1, description="federated rounds to run")
     cohort_size: int = Field(
-        100, ge=1, description="goal count: reports a round waits for (uniform sampling closes the round "
-        "at this many reports); also the fixed denominator of central DP"
+        100,
+        ge=1,
+        description="goal count: reports a round waits for (uniform sampling closes the round "
+        "at this many reports); also the fixed denominator of central DP",
     )
     over_selection: float = Field(
-        1.3, ge=1, description="uniform sampling selects ceil(cohort_size * over_selection) phones "
-        "(Bonawitz et al. 2019: 130%) because some drop out or straggle"
+        1.3,
+        ge=1,
+        description="uniform sampling selects ceil(cohort_size * over_selection) phones "
+        "(Bonawitz et al. 2019: 130%) because some drop out or straggle",
     )
     sampling: Literal["uniform", "poisson"] = Field(
-        "uniform", description="uniform: a fixed number among the eligible phones; poisson: each eligible "
-        "phone independently with probability poisson_rate (for DP amplification)"
+        "uniform",
+        description="uniform: a fixed number among the eligible phones; poisson: each eligible "
+        "phone independently with probability poisson_rate (for DP amplification)",
     )
     poisson_rate: float | None = Field(
         None, gt=0, le=1, description="poisson sampling: each eligible phone's probability of selection"
@@ -120,9 +125,7 @@ class SimulateConfig(_Strict):
     min_reports: int = Field(
         1, ge=1, description="a round with fewer accepted reports leaves the model unchanged (no central DP)"
     )
-    local_epochs: float = Field(
-        1.0, gt=0, description="passes over its data each phone makes (when local_steps = 0)"
-    )
+    local_epochs: float = Field(1.0, gt=0, description="passes over its data each phone makes (when local_steps = 0)")
     local_steps: int = Field(0, ge=0, description="SGD steps per phone per round; 0 = set by local_epochs")
     local_batch_size: int = Field(16, ge=1, description="sequences per local SGD step")
     local_lr: float = Field(1.0, gt=0, description="phones' SGD learning rate")
@@ -135,23 +138,22 @@ class SimulateConfig(_Strict):
     )
     seq_len: int = Field(20, ge=4, description="local training sequence length in pieces (longer messages split)")
     local_engine: Literal["torch", "onnx"] = Field(
-        "torch", description="torch: all of a host's phones trained together (vmap); onnx: local_update.onnx "
-        "phone by phone, as the phone runs it"
+        "torch",
+        description="torch: all of a host's phones trained together (vmap); onnx: local_update.onnx "
+        "phone by phone, as the phone runs it",
     )
     vmap_group: int = Field(
-        1, ge=0, description="torch engine: phones vectorised together with torch.func.vmap (0 = as many as "
-        "fit a 192 MB working set; 1 = one phone at a time, the fastest measured on this 2-core CPU)"
+        1,
+        ge=0,
+        description="torch engine: phones vectorised together with torch.func.vmap (0 = as many as "
+        "fit a 192 MB working set; 1 = one phone at a time, the fastest measured on this 2-core CPU)",
     )
     phone_hosts: int = Field(
         2, ge=1, description="Flower virtual SuperNodes (ClientApp instances), each running many phones"
     )
     threads: int = Field(1, ge=1, description="torch / ONNX Runtime threads per phone host and for the server")
-    optimizer: ServerOptimizerConfig = Field(
-        default_factory=ServerOptimizerConfig, description="server optimizer"
-    )
-    eval_every: int = Field(
-        5, ge=0, description="rounds between held-out sample evaluations (0 = only the last round)"
-    )
+    optimizer: ServerOptimizerConfig = Field(default_factory=ServerOptimizerConfig, description="server optimizer")
+    eval_every: int = Field(5, ge=0, description="rounds between held-out sample evaluations (0 = only the last round)")
     eval_users: int = Field(60, ge=1, description="held-out users in the periodic evaluation sample")
     eval_positions: int = Field(1000, ge=0, description="word positions in the periodic evaluation (0 = all)")
     checkpoint_every: int = Field(1, ge=1, description="rounds between checkpoints (always after the last)")

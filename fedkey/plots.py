@@ -15,8 +15,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_metrics(metrics_path: Path, out: Path, x: str = "step",
-                 series: tuple[str, ...] = ("recall@1", "recall@3", "perplexity")) -> None:
+def plot_metrics(
+    metrics_path: Path, out: Path, x: str = "step", series: tuple[str, ...] = ("recall@1", "recall@3", "perplexity")
+) -> None:
     """One panel per series against `x`, written as a PNG."""
     rows = read_jsonl(metrics_path)
     if not rows:

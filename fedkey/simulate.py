@@ -79,17 +79,29 @@ class PopulationFleet:
     def phone_seeds(self, ids: IdArray, round_idx: int) -> IdArray:
         return self.population.phone_seeds(ids, round_idx)
 
-    def simulate_round(self, ids: IdArray, *, round_idx: int, deadline_s: float, download_bytes: float,
-                       upload_bytes: float, target_reports: int | None) -> RoundOutcome:
+    def simulate_round(
+        self,
+        ids: IdArray,
+        *,
+        round_idx: int,
+        deadline_s: float,
+        download_bytes: float,
+        upload_bytes: float,
+        target_reports: int | None,
+    ) -> RoundOutcome:
         flops = self.flops_per_user[self.population.user_of(ids)] if len(ids) else 0.0
         return self.population.simulate_round(
-            ids, round_idx=round_idx, deadline_s=deadline_s, download_bytes=download_bytes,
-            upload_bytes=upload_bytes, flops=flops, target_reports=target_reports,
+            ids,
+            round_idx=round_idx,
+            deadline_s=deadline_s,
+            download_bytes=download_bytes,
+            upload_bytes=upload_bytes,
+            flops=flops,
+            target_reports=target_reports,
         )
 
     def fastest_round_s(self, download_bytes: float, upload_bytes: float) -> float:
-        return self.population.fastest_round_time(download_bytes, upload_bytes,
-                                                  flops=float(self.flops_per_user.min()))
+        return self.population.fastest_round_time(download_bytes, upload_bytes, flops=float(self.flops_per_user.min()))
 
 
 @dataclass
@@ -153,8 +165,9 @@ def _check_pipeline(config: FedkeyConfig, dim: int) -> UpdatePipeline:
         )
     clip = config.pipeline.clip()
     if clip is not None and clip.adaptive is not None:
-        raise SimulationConfigError("pipeline: adaptive clipping is not supported by `fedkey simulate`; "
-                                    "use a fixed clip norm")
+        raise SimulationConfigError(
+            "pipeline: adaptive clipping is not supported by `fedkey simulate`; use a fixed clip norm"
+        )
     try:
         return UpdatePipeline(config.pipeline, dim)
     except PipelineInputError as err:
@@ -291,8 +304,10 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     """
     unknown = [k for k in run_config if k not in RUN_CONFIG_KEYS and "." not in k]
     if unknown:
-        raise ConfigError(f"run_config: unknown key(s) {unknown}; expected {list(RUN_CONFIG_KEYS)} or "
-                          "dotted config keys such as simulate.rounds")
+        raise ConfigError(
+            f"run_config: unknown key(s) {unknown}; expected {list(RUN_CONFIG_KEYS)} or "
+            "dotted config keys such as simulate.rounds"
+        )
     if "out" not in run_config or "data-dir" not in run_config:
         raise ConfigError("run_config needs 'out' (run folder) and 'data-dir' (prepared data folder)")
     out = Path(str(run_config["out"]))
@@ -326,11 +341,20 @@ def ensure_data(data: Path | None, config: FedkeyConfig) -> Path:
         return data
     if not (DEFAULT_DATA_CACHE / "prepare.json").is_file():
         d, t = config.data, config.tokenizer
-        prepare("chitchat", DEFAULT_DATA_CACHE, test_fraction=d.test_fraction,
-                personal_fraction=d.personal_fraction, min_messages=d.min_messages,
-                max_messages_per_user=d.max_messages_per_user, max_words_per_message=d.max_words_per_message,
-                lexicon_size=d.lexicon_size, seed=d.seed, vocab_size=t.vocab_size, model_type=t.model_type,
-                tokenizer_source=t.source)
+        prepare(
+            "chitchat",
+            DEFAULT_DATA_CACHE,
+            test_fraction=d.test_fraction,
+            personal_fraction=d.personal_fraction,
+            min_messages=d.min_messages,
+            max_messages_per_user=d.max_messages_per_user,
+            max_words_per_message=d.max_words_per_message,
+            lexicon_size=d.lexicon_size,
+            seed=d.seed,
+            vocab_size=t.vocab_size,
+            model_type=t.model_type,
+            tokenizer_source=t.source,
+        )
     return DEFAULT_DATA_CACHE
 
 
@@ -344,9 +368,9 @@ class _DropDeprecation(logging.Filter):
 def backend_config(config: FedkeyConfig) -> dict[str, Any]:
     """Ray backend settings: each phone host gets ``simulate.threads`` CPUs."""
     sim = config.simulate
-    init_args: dict[str, Any] = {"address": sim.ray_address} if sim.ray_address else {
-        "num_cpus": sim.phone_hosts * sim.threads
-    }
+    init_args: dict[str, Any] = (
+        {"address": sim.ray_address} if sim.ray_address else {"num_cpus": sim.phone_hosts * sim.threads}
+    )
     init_args["logging_level"] = logging.ERROR
     init_args["log_to_driver"] = False
     return {"client_resources": {"num_cpus": sim.threads, "num_gpus": 0.0}, "init_args": init_args}

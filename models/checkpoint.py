@@ -80,5 +80,10 @@ class Checkpoint:
                 if tensor is None or tuple(tensor.shape) != shapes[name]:
                     raise CheckpointError(f"checkpoint {path}: parameter {name!r} missing or of wrong shape")
                 model.params[name].copy_(tensor)
-        return cls(model, Tokenizer(payload["tokenizer"]), int(payload["seq_len"]),
-                   int(payload["model_version"]), dict(payload.get("meta", {})))
+        return cls(
+            model,
+            Tokenizer(payload["tokenizer"]),
+            int(payload["seq_len"]),
+            int(payload["model_version"]),
+            dict(payload.get("meta", {})),
+        )

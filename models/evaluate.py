@@ -12,8 +12,16 @@ from fedkey.models.suggest import LstmSuggester, perplexity
 from fedkey.models.tokenizer import Tokenizer
 
 
-def evaluate_model(model: CifgLstm, tokenizer: Tokenizer, lexicon: Sequence[str], messages: Sequence[str],
-                   *, max_positions: int = 0, beam: int = 6, max_word_pieces: int = 4) -> dict[str, float]:
+def evaluate_model(
+    model: CifgLstm,
+    tokenizer: Tokenizer,
+    lexicon: Sequence[str],
+    messages: Sequence[str],
+    *,
+    max_positions: int = 0,
+    beam: int = 6,
+    max_word_pieces: int = 4,
+) -> dict[str, float]:
     """Recall@1/@3 over word positions (at most max_positions, 0 = all) and perplexity of the same text."""
     token_lists = limit_positions(messages, max_positions)
     was_training = model.training

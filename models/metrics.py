@@ -65,14 +65,19 @@ def limit_positions(messages: Sequence[str], max_positions: int) -> list[list[st
     return out
 
 
-def recall_at_k(predictor: WordPredictor, messages: Sequence[list[str]], lexicon: set[str],
-                ks: Sequence[int] = (1, 3), batch: int = 256) -> RecallResult:
+def recall_at_k(
+    predictor: WordPredictor,
+    messages: Sequence[list[str]],
+    lexicon: set[str],
+    ks: Sequence[int] = (1, 3),
+    batch: int = 256,
+) -> RecallResult:
     """Recall@k over every word position of the messages (token lists)."""
     kmax = max(ks)
     hits = dict.fromkeys(ks, 0)
     positions = oov = 0
     for start in range(0, len(messages), batch):
-        chunk = messages[start:start + batch]
+        chunk = messages[start : start + batch]
         suggestions = predictor.suggest(chunk, kmax)
         for tokens, per_position in zip(chunk, suggestions, strict=True):
             targets = [tokens[j] for j in word_positions(tokens)]

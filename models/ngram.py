@@ -34,8 +34,12 @@ class _Level:
             values = np.fromiter(counter.values(), dtype=np.float64, count=len(counter))
             total = float(values.sum())
             # (ids, discounted probabilities, back-off weight, total)
-            self.followers[history] = (ids, np.maximum(values - discount, 0) / total,
-                                       discount * len(ids) / total, total)
+            self.followers[history] = (
+                ids,
+                np.maximum(values - discount, 0) / total,
+                discount * len(ids) / total,
+                total,
+            )
 
 
 class KneserNey:
@@ -60,7 +64,7 @@ class KneserNey:
             ids = [bos] * (order - 1) + [self.index.get(t, 0) for t in tokens] + [1]
             for j in range(order - 1, len(ids)):
                 for n in range(1, order + 1):
-                    history = tuple(ids[j - n + 1:j])
+                    history = tuple(ids[j - n + 1 : j])
                     counts[n - 1][history][ids[j]] += 1
         # Lower orders use continuation counts: distinct left contexts of (history, w).
         cont: list[dict[tuple[int, ...], Counter[int]]] = [defaultdict(Counter) for _ in range(order)]
@@ -77,14 +81,14 @@ class KneserNey:
 
     def _history(self, tokens: Sequence[str]) -> tuple[int, ...]:
         ids = [-1] * (self.order - 1) + [self.index.get(t, 0) for t in tokens]
-        return tuple(ids[len(ids) - (self.order - 1):]) if self.order > 1 else ()
+        return tuple(ids[len(ids) - (self.order - 1) :]) if self.order > 1 else ()
 
     def distribution(self, tokens: Sequence[str]) -> np.ndarray:
         """P(next token | tokens) over the vocabulary."""
         history = self._history(tokens)
         p = self.unigram.copy()
         for n in range(2, self.order + 1):
-            entry = self.levels[n - 1].followers.get(history[len(history) - (n - 1):])
+            entry = self.levels[n - 1].followers.get(history[len(history) - (n - 1) :])
             if entry is None:
                 continue
             ids, probs, backoff, _ = entry

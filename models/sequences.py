@@ -36,7 +36,7 @@ def encode_sequences(encoded: Sequence[Sequence[int]], seq_len: int) -> Sequence
         full = [BOS_ID, *ids, EOS_ID]
         # window i covers inputs full[s : s+seq_len] and targets full[s+1 : s+1+seq_len]
         for start in range(0, len(full) - 1, seq_len):
-            windows.append(full[start:start + seq_len + 1])
+            windows.append(full[start : start + seq_len + 1])
     n = len(windows)
     inputs = np.full((n, seq_len), PAD_ID, dtype=np.int64)
     targets = np.full((n, seq_len), PAD_ID, dtype=np.int64)
@@ -61,8 +61,8 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
     pool = batch_size * 50
     batches = []
     for start in range(0, len(order), pool):
-        chunk = order[start:start + pool]
+        chunk = order[start : start + pool]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)  # type: ignore[arg-type]
     return batches

@@ -41,8 +41,9 @@ def _padded(batch: list[list[int]]) -> tuple[Tensor, Tensor]:
 class LstmSuggester:
     """`WordPredictor` for a CIFG-LSTM over pieces."""
 
-    def __init__(self, model: CifgLstm, tokenizer: Tokenizer, lexicon: Sequence[str], beam: int = 6,
-                 max_word_pieces: int = 4):
+    def __init__(
+        self, model: CifgLstm, tokenizer: Tokenizer, lexicon: Sequence[str], beam: int = 6, max_word_pieces: int = 4
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.lexicon = set(lexicon)
@@ -93,8 +94,9 @@ class LstmSuggester:
         owner = torch.arange(n).repeat_interleave(beam)  # position of each live hypothesis
         scores = scores.reshape(-1)
         pieces = self.start_ids[idx].reshape(-1, 1)
-        state = cell_step(params, params["embedding"][pieces[:, 0]],
-                          (h.repeat_interleave(beam, 0), c.repeat_interleave(beam, 0)))
+        state = cell_step(
+            params, params["embedding"][pieces[:, 0]], (h.repeat_interleave(beam, 0), c.repeat_interleave(beam, 0))
+        )
         found: list[dict[str, float]] = [{} for _ in range(n)]
         for depth in range(1, self.max_word_pieces + 1):
             logp = torch.log_softmax(output_logits(params, state[0]), dim=-1)
@@ -127,10 +129,10 @@ class LstmSuggester:
         h, c, counts = self._states_at(messages)
         flat: list[list[str]] = []
         for start in range(0, h.shape[0], 1024):
-            flat.extend(self._beam_words(h[start:start + 1024], c[start:start + 1024], k))
+            flat.extend(self._beam_words(h[start : start + 1024], c[start : start + 1024], k))
         out, cursor = [], 0
         for count in counts:
-            out.append(flat[cursor:cursor + count])
+            out.append(flat[cursor : cursor + count])
             cursor += count
         return out
 
@@ -141,7 +143,7 @@ def perplexity(model: CifgLstm, tokenizer: Tokenizer, messages: Sequence[str], b
     nll = 0.0
     n_pieces = n_words = 0
     for start in range(0, len(messages), batch):
-        chunk = [m for m in messages[start:start + batch] if m]
+        chunk = [m for m in messages[start : start + batch] if m]
         if not chunk:
             continue
         inputs, targets = _padded(tokenizer.encode_batch(chunk))

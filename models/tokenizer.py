@@ -80,8 +80,9 @@ class Tokenizer:
         return self.pieces[piece_id].replace(WORD_START, "")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, model_type: str = "unigram",
-                    seed_sentence_size: int = 1_000_000) -> Tokenizer:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 8192, model_type: str = "unigram", seed_sentence_size: int = 1_000_000
+) -> Tokenizer:
     """Train SentencePiece on already normalised texts (one message each).
 
     `hard_vocab_limit=False` lets a small corpus yield fewer pieces than asked instead of failing.
@@ -92,7 +93,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, model_type: st
         model_writer=out,
         vocab_size=vocab_size,
         model_type=model_type,
-        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
         character_coverage=1.0 if model_type == "char" else 0.9995,
         input_sentence_size=seed_sentence_size,
         shuffle_input_sentence=True,

@@ -54,8 +54,23 @@ from fedkey.simulate import RunSettings, SimulationSetup, build_setup, config_fr
 # `fedkey simulate`, which shows a progress bar instead)
 log = logging.getLogger(f"flwr.{__name__}")
 
-METRIC_KEYS = ("round", "sim_time_s", "wall_time_s", "selected", "reported", "dropped", "stragglers",
-               "rejected", "bytes_up", "bytes_down", "loss", "recall@1", "recall@3", "epsilon", "delta")
+METRIC_KEYS = (
+    "round",
+    "sim_time_s",
+    "wall_time_s",
+    "selected",
+    "reported",
+    "dropped",
+    "stragglers",
+    "rejected",
+    "bytes_up",
+    "bytes_down",
+    "loss",
+    "recall@1",
+    "recall@3",
+    "epsilon",
+    "delta",
+)
 CHECKPOINT = "checkpoint.pt"
 NODE_WAIT_S = 600.0
 
@@ -66,13 +81,17 @@ class ServerRunError(RuntimeError):
 
 def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:
     """Checkpoint meta must load with ``weights_only=True``: numpy arrays become tensors."""
-    return {k: _to_torch(v) if isinstance(v, Mapping) else torch.from_numpy(v.copy())
-            if isinstance(v, np.ndarray) else v for k, v in state.items()}
+    return {
+        k: _to_torch(v) if isinstance(v, Mapping) else torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v
+        for k, v in state.items()
+    }
 
 
 def _to_numpy(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _to_numpy(v) if isinstance(v, Mapping) else v.numpy() if isinstance(v, torch.Tensor) else v
-            for k, v in state.items()}
+    return {
+        k: _to_numpy(v) if isinstance(v, Mapping) else v.numpy() if isinstance(v, torch.Tensor) else v
+        for k, v in state.items()
+    }
 
 
 class SimulationRun:
@@ -83,8 +102,9 @@ class SimulationRun:
         self.setup = setup
         self.config = setup.config
         self.out = settings.out
-        self.strategy = FleetStrategy(setup.strategy_settings, setup.fleet, setup.initial_weights,
-                                      setup.task.to_config())
+        self.strategy = FleetStrategy(
+            setup.strategy_settings, setup.fleet, setup.initial_weights, setup.task.to_config()
+        )
         self.next_round = 1
         self.wall_offset_s = 0.0
         self.stopped = "rounds"
@@ -114,34 +134,60 @@ class SimulationRun:
 
     def evaluate(self, messages: list[str], max_positions: int) -> dict[str, float]:
         ev = self.config.eval
-        return evaluate_model(self.setup.model(self.strategy.weights), self.setup.data.tokenizer,
-                              self.setup.data.lexicon, messages, max_positions=max_positions, beam=ev.beam,
-                              max_word_pieces=ev.max_word_pieces)
+        return evaluate_model(
+            self.setup.model(self.strategy.weights),
+            self.setup.data.tokenizer,
+            self.setup.data.lexicon,
+            messages,
+            max_positions=max_positions,
+            beam=ev.beam,
+            max_word_pieces=ev.max_word_pieces,
+        )
 
     def metrics_line(self, record: RoundRecord, wall_s: float, recall: dict[str, float] | None) -> dict[str, Any]:
         line = {
-            "round": record.round, "sim_time_s": record.sim_time_s, "wall_time_s": wall_s,
-            "selected": record.selected, "reported": record.reported, "dropped": record.dropped,
-            "stragglers": record.stragglers, "rejected": record.rejected, "bytes_up": record.bytes_up,
-            "bytes_down": record.bytes_down, "loss": record.loss,
+            "round": record.round,
+            "sim_time_s": record.sim_time_s,
+            "wall_time_s": wall_s,
+            "selected": record.selected,
+            "reported": record.reported,
+            "dropped": record.dropped,
+            "stragglers": record.stragglers,
+            "rejected": record.rejected,
+            "bytes_up": record.bytes_up,
+            "bytes_down": record.bytes_down,
+            "loss": record.loss,
             "recall@1": recall["recall@1"] if recall else None,
             "recall@3": recall["recall@3"] if recall else None,
-            "epsilon": record.epsilon, "delta": record.delta,
+            "epsilon": record.epsilon,
+            "delta": record.delta,
         }
         assert tuple(line) == METRIC_KEYS
         return line
 
     def checkpoint(self, done: int, wall_s: float) -> None:
-        meta = {"kind": "simulate", "round": done, "wall_time_s": wall_s,
-                "strategy": _to_torch(self.strategy.state_dict())}
-        Checkpoint(self.setup.model(self.strategy.weights), self.setup.data.tokenizer,
-                   self.config.simulate.seq_len, self.strategy.model_version, meta).save(self.out / CHECKPOINT)
+        meta = {
+            "kind": "simulate",
+            "round": done,
+            "wall_time_s": wall_s,
+            "strategy": _to_torch(self.strategy.state_dict()),
+        }
+        Checkpoint(
+            self.setup.model(self.strategy.weights),
+            self.setup.data.tokenizer,
+            self.config.simulate.seq_len,
+            self.strategy.model_version,
+            meta,
+        ).save(self.out / CHECKPOINT)
         self.write_participation()
 
     def write_participation(self) -> None:
         ids = sorted(self.strategy.participation)
-        payload = {"phones": self.setup.fleet.size, "phone_ids": ids,
-                   "counts": [self.strategy.participation[i] for i in ids]}
+        payload = {
+            "phones": self.setup.fleet.size,
+            "phone_ids": ids,
+            "counts": [self.strategy.participation[i] for i in ids],
+        }
         tmp = self.out / "participation.json.tmp"
         tmp.write_text(json.dumps(payload))
         os.replace(tmp, self.out / "participation.json")
@@ -213,8 +259,13 @@ def _summary(line: Mapping[str, Any]) -> str:
 
 
 def _progress(visible: bool) -> Progress:
-    columns = (TextColumn("[bold]simulate[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
+    columns = (
+        TextColumn("[bold]simulate[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     return Progress(*columns, console=Console(stderr=True), disable=not visible)
 
 

@@ -77,9 +77,7 @@ class ServerOptimizer:
         else:
             v = v - np.float32(1 - s.beta2) * g2 * np.sign(v - g2)
         self.state["m"], self.state["v"] = m, v.astype(np.float32)
-        return (weights + np.float32(s.lr) * m / (np.sqrt(self.state["v"]) + np.float32(s.tau))).astype(
-            np.float32
-        )
+        return (weights + np.float32(s.lr) * m / (np.sqrt(self.state["v"]) + np.float32(s.tau))).astype(np.float32)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the optimizer's arrays (for checkpoints)."""

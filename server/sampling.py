@@ -54,9 +54,7 @@ def sample_uniform(
     return np.sort(ids[chosen])
 
 
-def sample_poisson(
-    candidates: npt.ArrayLike, rate: float, *, seed: int, round_idx: int
-) -> npt.NDArray[np.int64]:
+def sample_poisson(candidates: npt.ArrayLike, rate: float, *, seed: int, round_idx: int) -> npt.NDArray[np.int64]:
     """Phone ids (ascending) of ``candidates``, each kept independently with probability ``rate``."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"Poisson sampling rate must lie in [0, 1], got {rate}")

@@ -163,9 +163,7 @@ class FleetStrategy(Strategy):
         self.task_config = dict(task_config)
         self.optimizer = ServerOptimizer(settings.optimizer, self.dim)
         dp = settings.central_dp
-        self.accountant = (
-            CentralDpAccountant(dp.delta, dp.accountant, dp.target_epsilon) if dp is not None else None
-        )
+        self.accountant = CentralDpAccountant(dp.delta, dp.accountant, dp.target_epsilon) if dp is not None else None
         self.ledger = DeviceLedger(settings.local_dp_delta) if settings.local_dp_delta is not None else None
         self.model_version = 0
         self.elapsed_s = 0.0
@@ -181,8 +179,13 @@ class FleetStrategy(Strategy):
         log.info(
             "FleetStrategy: %s sampling, cohort %d (over-selection %.2f), deadline %.0f s, optimizer %s, "
             "central DP %s, fleet of %d phones",
-            s.sampling, s.cohort_size, s.over_selection, s.deadline_s, s.optimizer.name,
-            "on" if s.central_dp else "off", self.fleet.size,
+            s.sampling,
+            s.cohort_size,
+            s.over_selection,
+            s.deadline_s,
+            s.optimizer.name,
+            "on" if s.central_dp else "off",
+            self.fleet.size,
         )
 
     def budget_exhausted(self) -> bool:
@@ -200,7 +203,8 @@ class FleetStrategy(Strategy):
         total = self.accountant.rounds + more_rounds
         if total not in self._epsilons:
             self._epsilons[total] = (
-                self.accountant.epsilon_after(dp.round_spec(), more_rounds) if more_rounds
+                self.accountant.epsilon_after(dp.round_spec(), more_rounds)
+                if more_rounds
                 else self.accountant.epsilon()
             )
         return self._epsilons[total]
@@ -271,9 +275,7 @@ class FleetStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Decode every phone's update, reject bad ones, aggregate, step the server optimizer."""
         record = self.aggregate_round(server_round, replies)
-        metrics = {
-            k: v for k, v in asdict(record).items() if isinstance(v, int | float) and not isinstance(v, bool)
-        }
+        metrics = {k: v for k, v in asdict(record).items() if isinstance(v, int | float) and not isinstance(v, bool)}
         return (self.arrays() if record.model_updated else None), MetricRecord(metrics)
 
     def configure_evaluate(
@@ -367,9 +369,7 @@ class FleetStrategy(Strategy):
             return self.ledger.max_epsilon(), self.ledger.delta
         return None, None
 
-    def _collect(
-        self, plan: _Plan, replies: Iterable[Message], reject: Any
-    ) -> tuple[list[_Report], int]:
+    def _collect(self, plan: _Plan, replies: Iterable[Message], reject: Any) -> tuple[list[_Report], int]:
         """Per-phone reports out of the hosts' replies, checked against what each host was asked."""
         reports: dict[int, _Report] = {}
         bytes_up = 0

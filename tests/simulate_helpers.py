@@ -12,9 +12,17 @@ from fedkey.config import FedkeyConfig, load_config
 from fedkey.device_sim import phone_host
 
 TINY = [
-    "model.embed_dim=8", "model.hidden_dim=16", "simulate.rounds=3", "simulate.cohort_size=6",
-    "simulate.seq_len=8", "simulate.local_batch_size=4", "simulate.max_messages_per_phone=8",
-    "simulate.eval_users=3", "simulate.eval_positions=40", "simulate.eval_every=2", "eval.max_positions=60",
+    "model.embed_dim=8",
+    "model.hidden_dim=16",
+    "simulate.rounds=3",
+    "simulate.cohort_size=6",
+    "simulate.seq_len=8",
+    "simulate.local_batch_size=4",
+    "simulate.max_messages_per_phone=8",
+    "simulate.eval_users=3",
+    "simulate.eval_positions=40",
+    "simulate.eval_every=2",
+    "eval.max_positions=60",
     "simulate.export_bundle=false",
 ]
 
@@ -38,8 +46,9 @@ class LocalGrid:
         # what Flower's runtime sets before a ServerApp builds messages
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
         self.nodes = [101 + i for i in range(n_nodes)]
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
-                         for n in self.nodes}
+        self.contexts = {
+            n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={}) for n in self.nodes
+        }
         self.tamper = tamper
         self.sent: list[Message] = []
 
@@ -54,4 +63,3 @@ class LocalGrid:
             reply = phone_host.train(msg, self.contexts[msg.metadata.dst_node_id])
             replies.append(self.tamper(reply) if self.tamper else reply)
         return replies
-

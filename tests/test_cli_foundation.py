@@ -29,12 +29,15 @@ def test_config_show_applies_file_and_overrides(tmp_path):
     assert "epochs = 2.5" in result.output and "lr = 0.01" in result.output and 'preset = "small"' in result.output
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ("[central]\nepochs = -1\n", "central.epochs"),
-    ("[central]\nepoch = 3\n", "central.epoch"),
-    ("[model]\npreset = 'giant'\n", "unknown model preset"),
-    ("not toml at all [", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[central]\nepochs = -1\n", "central.epochs"),
+        ("[central]\nepoch = 3\n", "central.epoch"),
+        ("[model]\npreset = 'giant'\n", "unknown model preset"),
+        ("not toml at all [", "not valid TOML"),
+    ],
+)
 def test_bad_config_is_refused_with_the_key(tmp_path, text, needle):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
@@ -45,8 +48,21 @@ def test_bad_config_is_refused_with_the_key(tmp_path, text, needle):
 
 def test_prepare_baseline_train_evaluate(tmp_path, corpus_file):
     data = tmp_path / "data"
-    result = runner.invoke(app, ["data", "prepare", "--corpus", f"jsonl:{corpus_file}", "--out", str(data),
-                                 "--set", "tokenizer.vocab_size=64", "--set", "data.lexicon_size=50"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            "--corpus",
+            f"jsonl:{corpus_file}",
+            "--out",
+            str(data),
+            "--set",
+            "tokenizer.vocab_size=64",
+            "--set",
+            "data.lexicon_size=50",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((data / "stats.json").read_text())["train"]["users"] > 40
 
@@ -57,8 +73,15 @@ def test_prepare_baseline_train_evaluate(tmp_path, corpus_file):
 
     run = tmp_path / "run"
     args = ["train-central", "--data", str(data), "--out", str(run)]
-    for setting in ('model.preset="small"', "model.hidden_dim=32", "model.embed_dim=16", "central.eval_every=20",
-                    "central.batch_size=32", "central.lr=0.01", "central.threads=1"):
+    for setting in (
+        'model.preset="small"',
+        "model.hidden_dim=32",
+        "model.embed_dim=16",
+        "central.eval_every=20",
+        "central.batch_size=32",
+        "central.lr=0.01",
+        "central.threads=1",
+    ):
         args += ["--set", setting]
     result = runner.invoke(app, [*args, "--set", "central.epochs=3"])
     assert result.exit_code == 0, result.output

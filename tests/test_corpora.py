@@ -30,8 +30,13 @@ def test_chitchat_drops_one_word_unanswered_openers(chitchat):
     from chitchat_dataset import __file__ as pkg
 
     raw = json.loads((Path(pkg).parent / "dataset.json").read_text())
-    openers = [t[0]["text"] for c in raw.values() if len(c["messages"]) == 1
-               for t in [c["messages"][0]] if len(t) == 1 and len(t[0]["text"].split()) <= 1]
+    openers = [
+        t[0]["text"]
+        for c in raw.values()
+        if len(c["messages"]) == 1
+        for t in [c["messages"][0]]
+        if len(t) == 1 and len(t[0]["text"].split()) <= 1
+    ]
     assert openers, "the corpus has one-word unanswered openers"
     total_raw = sum(len(t) for c in raw.values() for t in c["messages"])
     kept = sum(len(u.messages) for u in chitchat)
@@ -56,28 +61,36 @@ def _write(tmp_path: Path, lines: list[str | bytes]) -> Path:
 
 
 def test_jsonl_orders_by_ts_and_groups_users(tmp_path):
-    path = _write(tmp_path, [
-        json.dumps({"user": "a", "text": "second", "ts": 2}),
-        json.dumps({"user": "b", "text": "hello"}),
-        json.dumps({"user": "a", "text": "first", "ts": 1}),
-    ])
+    path = _write(
+        tmp_path,
+        [
+            json.dumps({"user": "a", "text": "second", "ts": 2}),
+            json.dumps({"user": "b", "text": "hello"}),
+            json.dumps({"user": "a", "text": "first", "ts": 1}),
+        ],
+    )
     users = {u.user: u.messages for u in load_jsonl(path)}
     assert users == {"a": ["first", "second"], "b": ["hello"]}
 
 
-@pytest.mark.parametrize(("lines", "needle"), [
-    ([json.dumps({"text": "no user"})], "c.jsonl:1: missing field 'user'"),
-    ([json.dumps({"user": "a", "text": "ok"}), json.dumps({"user": "a"})], "c.jsonl:2: missing field 'text'"),
-    ([b'{"user": "a", "text": "caf\xe9"}'], "c.jsonl:1: not UTF-8"),
-    (["user,text", "a,hello"], "c.jsonl:1: not a JSON object"),
-    (["[1, 2]"], "c.jsonl:1: expected a JSON object"),
-    ([json.dumps({"user": "a", "text": 5})], "field 'text' must be a string"),
-    ([json.dumps({"user": " ", "text": "x"})], "c.jsonl:1: empty user id"),
-    ([json.dumps({"user": "a", "text": " "}), json.dumps({"user": "a", "text": ""})], "only empty messages"),
-    ([json.dumps({"user": "a", "text": "x", "ts": 1}), json.dumps({"user": "a", "text": "y", "ts": "z"})],
-     "mixes numeric and string"),
-    ([""], "no messages"),
-])
+@pytest.mark.parametrize(
+    ("lines", "needle"),
+    [
+        ([json.dumps({"text": "no user"})], "c.jsonl:1: missing field 'user'"),
+        ([json.dumps({"user": "a", "text": "ok"}), json.dumps({"user": "a"})], "c.jsonl:2: missing field 'text'"),
+        ([b'{"user": "a", "text": "caf\xe9"}'], "c.jsonl:1: not UTF-8"),
+        (["user,text", "a,hello"], "c.jsonl:1: not a JSON object"),
+        (["[1, 2]"], "c.jsonl:1: expected a JSON object"),
+        ([json.dumps({"user": "a", "text": 5})], "field 'text' must be a string"),
+        ([json.dumps({"user": " ", "text": "x"})], "c.jsonl:1: empty user id"),
+        ([json.dumps({"user": "a", "text": " "}), json.dumps({"user": "a", "text": ""})], "only empty messages"),
+        (
+            [json.dumps({"user": "a", "text": "x", "ts": 1}), json.dumps({"user": "a", "text": "y", "ts": "z"})],
+            "mixes numeric and string",
+        ),
+        ([""], "no messages"),
+    ],
+)
 def test_jsonl_errors_name_file_and_line(tmp_path, lines, needle):
     path = _write(tmp_path, lines)
     with pytest.raises(CorpusError, match=None) as info:

@@ -33,9 +33,7 @@ def test_uniform_mapping_is_deterministic_and_covers_users():
     pop = Population(50_000, 50, seed=1, synthetic_user_mapping="uniform")
     ids = np.arange(50, 50_000)
     users = pop.user_of(ids)
-    assert np.array_equal(
-        users, Population(50_000, 50, seed=1, synthetic_user_mapping="uniform").user_of(ids)
-    )
+    assert np.array_equal(users, Population(50_000, 50, seed=1, synthetic_user_mapping="uniform").user_of(ids))
     counts = np.bincount(users, minlength=50)
     assert users.min() >= 0 and users.max() < 50
     assert np.all(np.abs(counts - len(ids) / 50) < 5 * np.sqrt(len(ids) / 50))

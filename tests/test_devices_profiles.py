@@ -83,9 +83,7 @@ def test_categorical_is_exact_at_boundaries_and_with_tiny_weights():
     weights = [0.3, 1e-7, 2e-7, 0.0, 0.7 - 3e-7]
     cat = Categorical(weights)
     cdf = np.cumsum(weights) / sum(weights)
-    u = np.concatenate(
-        [hashed_uniform(stream_key(0, "cat"), IDS), cdf[:-1], np.nextafter(cdf[:-1], 0), [0.0]]
-    )
+    u = np.concatenate([hashed_uniform(stream_key(0, "cat"), IDS), cdf[:-1], np.nextafter(cdf[:-1], 0), [0.0]])
     expected = np.minimum(np.searchsorted(cdf, u, side="right"), len(weights) - 1)
     assert np.array_equal(cat(u), expected)
     assert not np.any(cat(u) == 3)  # a zero weight is never drawn

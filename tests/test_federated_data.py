@@ -29,7 +29,7 @@ def test_personal_split_is_the_last_fifth(prepared, corpus_file):
     # the personal messages are the user's latest ones (ts order)
     from fedkey.models.tokenizer import normalize
 
-    assert user.personal == [normalize(t) for t in raw[user.user][-len(user.personal):]]
+    assert user.personal == [normalize(t) for t in raw[user.user][-len(user.personal) :]]
 
 
 def test_split_is_deterministic_by_seed():
@@ -44,9 +44,11 @@ def test_split_is_deterministic_by_seed():
 
 
 def test_cleaning_caps_and_drops():
-    users = [UserText("big", [f"message number {i}" for i in range(50)]),
-             UserText("empty", ["", "  ", "!!!"]),
-             UserText("long", ["w " * 100, "x"])]
+    users = [
+        UserText("big", [f"message number {i}" for i in range(50)]),
+        UserText("empty", ["", "  ", "!!!"]),
+        UserText("long", ["w " * 100, "x"]),
+    ]
     cleaned = {u.user: u.messages for u in clean_users(users, min_messages=2, max_messages=10, max_words=5)}
     assert len(cleaned["big"]) == 10 and cleaned["big"][0] == "message number 0"
     assert "empty" not in cleaned  # "!!!" normalises to three marks: one message only, below min_messages

@@ -54,8 +54,7 @@ def test_chunked_loss_matches_plain_cross_entropy():
     h = torch.randn(4, 11, 6)
     targets = torch.randint(0, 40, (4, 11))
     mask = (torch.rand(4, 11) > 0.3).float()
-    ref = torch.nn.functional.cross_entropy(output_logits(p, h).reshape(-1, 40), targets.reshape(-1),
-                                            reduction="none")
+    ref = torch.nn.functional.cross_entropy(output_logits(p, h).reshape(-1, 40), targets.reshape(-1), reduction="none")
     torch.testing.assert_close(masked_nll(p, h, targets, mask, chunk=7), (ref * mask.reshape(-1)).sum())
 
 

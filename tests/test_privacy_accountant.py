@@ -57,9 +57,7 @@ def test_pld_agrees_with_dp_accounting(z: float, q: float, steps: int) -> None:
 def test_fixed_size_sampling_is_rdp_without_replacement() -> None:
     spec = RoundSpec(1.2, "fixed", cohort_size=200, population=50_000)
     direct = rdp.RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
-    direct.compose(
-        dp_accounting.SampledWithoutReplacementDpEvent(50_000, 200, dp_accounting.GaussianDpEvent(0.6)), 500
-    )
+    direct.compose(dp_accounting.SampledWithoutReplacementDpEvent(50_000, 200, dp_accounting.GaussianDpEvent(0.6)), 500)
     assert epsilon_of([(spec, 500)], 1e-6, "rdp") == pytest.approx(direct.get_epsilon(1e-6), rel=0.01)
     with pytest.raises(PrivacyConfigError, match="rdp"):
         epsilon_of([(spec, 5)], 1e-6, "pld")

@@ -64,9 +64,7 @@ def test_local_mechanisms_use_replace_one_sensitivity() -> None:
     assert lap.scale == 0.5 and lap.noise_multiplier == 0.25 and lap.delta == 0.0
 
 
-@pytest.mark.parametrize(
-    "bad", [dict(epsilon=0, delta=1e-5), dict(epsilon=1, delta=0), dict(epsilon=1, delta=1.5)]
-)
+@pytest.mark.parametrize("bad", [dict(epsilon=0, delta=1e-5), dict(epsilon=1, delta=0), dict(epsilon=1, delta=1.5)])
 def test_bad_settings_raise(bad: dict[str, float]) -> None:
     with pytest.raises(PrivacyConfigError):
         analytic_gaussian_sigma(bad["epsilon"], bad["delta"])

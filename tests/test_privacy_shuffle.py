@@ -35,9 +35,7 @@ def brute_force_delta(eps0: float, n: int, eps: float) -> float:
     return sum(max(0.0, pmass.get(k, 0.0) - math.exp(eps) * qmass.get(k, 0.0)) for k in keys)
 
 
-@pytest.mark.parametrize(
-    ("eps0", "n", "eps"), [(1.0, 10, 0.3), (2.0, 25, 0.5), (0.5, 40, 0.1), (3.0, 30, 1.0)]
-)
+@pytest.mark.parametrize(("eps0", "n", "eps"), [(1.0, 10, 0.3), (2.0, 25, 0.5), (0.5, 40, 0.1), (3.0, 30, 1.0)])
 def test_numerical_delta_equals_brute_force(eps0: float, n: int, eps: float) -> None:
     assert shuffle_delta(eps0, n, eps) == pytest.approx(brute_force_delta(eps0, n, eps), rel=1e-6, abs=1e-15)
 

@@ -112,9 +112,7 @@ def test_toml_array_of_tables_maps_onto_the_config() -> None:
 
 
 def test_laplace_sensitivity_follows_the_clip_norm_type() -> None:
-    l1 = PipelineConfig.model_validate(
-        [{"kind": "clip", "norm": 1, "ord": 1}, {"kind": "laplace_noise", "epsilon": 2}]
-    )
+    l1 = PipelineConfig.model_validate([{"kind": "clip", "norm": 1, "ord": 1}, {"kind": "laplace_noise", "epsilon": 2}])
     l2 = PipelineConfig.model_validate(
         [{"kind": "clip", "norm": 1}, {"kind": "random_k", "k": 100}, {"kind": "laplace_noise", "epsilon": 2}]
     )

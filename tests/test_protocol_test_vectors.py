@@ -30,9 +30,7 @@ def test_decoder_reproduces_expected_values(vector: dict) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "vector", [v for v in DOC["vectors"] if v["encode_reproducible"]], ids=lambda v: v["name"]
-)
+@pytest.mark.parametrize("vector", [v for v in DOC["vectors"] if v["encode_reproducible"]], ids=lambda v: v["name"])
 def test_encoder_reproduces_expected_bytes_from_json(vector: dict) -> None:
     pipe = UpdatePipeline(vector["stages"], vector["dim"])
     x = np.array(vector["input"], dtype=np.float32)

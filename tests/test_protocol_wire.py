@@ -76,11 +76,7 @@ def test_round_trip_and_batch_decode(name: str) -> None:
         assert (one.header.phone_id, one.header.round, one.header.model_version) == (10 + i, 9, 3)
         assert batch.updates[i].header.phone_id == 10 + i
     if name in ("dense", "clip_fp32"):
-        scale = (
-            np.minimum(1.0, 2.0 / np.linalg.norm(x.astype(np.float64), axis=1))
-            if name == "clip_fp32"
-            else 1.0
-        )
+        scale = np.minimum(1.0, 2.0 / np.linalg.norm(x.astype(np.float64), axis=1)) if name == "clip_fp32" else 1.0
         assert np.allclose(batch.deltas, x * np.reshape(scale, (-1, 1)), atol=1e-7)
 
 
@@ -108,9 +104,7 @@ def test_metadata_for_server_and_ledger() -> None:
     u = decode(out.messages[0], DIM)
     assert u.clip_norm == 1.0 and u.within_clip is False and u.local_dp is None and u.ledger_record() is None
     assert out.within_clip is not None and not out.within_clip.any()
-    ldp = decode(
-        UpdatePipeline(CONFIGS["ldp_randk_q1"], DIM).encode(deltas(1), [4], 2, seed=0).messages[0], DIM
-    )
+    ldp = decode(UpdatePipeline(CONFIGS["ldp_randk_q1"], DIM).encode(deltas(1), [4], 2, seed=0).messages[0], DIM)
     rec = ldp.ledger_record()
     assert rec is not None and rec["mechanism"] == "gaussian" and rec["phone_id"] == 4 and rec["round"] == 2
 

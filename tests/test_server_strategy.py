@@ -43,9 +43,14 @@ def test_over_selection_goal_count_and_only_reporting_phones_train(prepared):
 
 
 def test_tight_deadline_makes_stragglers_and_a_shorter_round(prepared):
-    strategy = strategy_for(prepared, "simulate.cohort_size=20", "population.size=500",
-                            "population.availability.daytime_floor=1.0", "population.availability.peak_probability=1.0",
-                            "population.devices.download_median_mb_s=0.01")
+    strategy = strategy_for(
+        prepared,
+        "simulate.cohort_size=20",
+        "population.size=500",
+        "population.availability.daytime_floor=1.0",
+        "population.availability.peak_probability=1.0",
+        "population.devices.download_median_mb_s=0.01",
+    )
     fastest = strategy.fleet.fastest_round_s(4 * strategy.dim, strategy.settings.upload_estimate_bytes)
     deadline = fastest * 1.05
     strategy.settings = dataclasses.replace(strategy.settings, deadline_s=deadline)
@@ -53,17 +58,25 @@ def test_tight_deadline_makes_stragglers_and_a_shorter_round(prepared):
     assert record.stragglers > 0
     assert record.reported + record.dropped + record.stragglers == record.selected
     assert record.sim_time_s == pytest.approx(deadline)  # the goal count was not reached: the deadline closed it
-    outcome = strategy.fleet.simulate_round(np.array(phones_sent(messages)), round_idx=1, deadline_s=1e9,
-                                            download_bytes=4 * strategy.dim,
-                                            upload_bytes=strategy.settings.upload_estimate_bytes,
-                                            target_reports=None)
+    outcome = strategy.fleet.simulate_round(
+        np.array(phones_sent(messages)),
+        round_idx=1,
+        deadline_s=1e9,
+        download_bytes=4 * strategy.dim,
+        upload_bytes=strategy.settings.upload_estimate_bytes,
+        target_reports=None,
+    )
     assert (outcome.duration_s <= deadline).all()  # every phone trained had made the deadline
 
 
 def test_poisson_selection_rate(prepared):
-    strategy = strategy_for(prepared, "simulate.sampling='poisson'", "simulate.poisson_rate=0.5",
-                            "population.availability.daytime_floor=1.0",
-                            "population.availability.peak_probability=1.0")
+    strategy = strategy_for(
+        prepared,
+        "simulate.sampling='poisson'",
+        "simulate.poisson_rate=0.5",
+        "population.availability.daytime_floor=1.0",
+        "population.availability.peak_probability=1.0",
+    )
     n = strategy.fleet.size
     counts = []
     for rnd in range(1, 41):
@@ -127,8 +140,13 @@ def test_a_failed_host_loses_only_its_phones(prepared):
 
 
 def test_central_dp_accounts_each_round_and_stops_at_the_budget(prepared):
-    dp = ["simulate.sampling='poisson'", "simulate.poisson_rate=0.3", "central_dp.noise_multiplier=1.0",
-          "central_dp.delta=1e-4", "central_dp.accountant='rdp'"]
+    dp = [
+        "simulate.sampling='poisson'",
+        "simulate.poisson_rate=0.3",
+        "central_dp.noise_multiplier=1.0",
+        "central_dp.delta=1e-4",
+        "central_dp.accountant='rdp'",
+    ]
     probe = strategy_for(prepared, *dp)
     assert probe.accountant is not None
     spec = probe.settings.central_dp.round_spec()  # type: ignore[union-attr]
@@ -169,8 +187,11 @@ def test_result_does_not_depend_on_the_number_of_hosts(prepared):
 
 
 def test_local_dp_reports_are_recorded_per_phone(prepared):
-    strategy = strategy_for(prepared, "pipeline=[{kind='clip', norm=0.5}, {kind='gaussian_noise', epsilon=2.0, "
-                            "delta=1e-6}, {kind='quantize', bits=8}]")
+    strategy = strategy_for(
+        prepared,
+        "pipeline=[{kind='clip', norm=0.5}, {kind='gaussian_noise', epsilon=2.0, "
+        "delta=1e-6}, {kind='quantize', bits=8}]",
+    )
     grid = LocalGrid()
     first, _ = run_round(strategy, grid, 1)
     assert strategy.ledger is not None and first.epsilon is not None

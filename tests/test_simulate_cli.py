@@ -28,9 +28,23 @@ def test_cli_runs_rounds_through_flower_and_writes_every_output(prepared, tmp_pa
     out = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith(("simulate.rounds", "simulate.export_bundle"))]
     proc = subprocess.run(
-        [FEDKEY, "simulate", "--data", str(prepared.root), "--out", str(out), "--rounds", "2", "--cohort", "5",
-         *sets(*overrides, "simulate.phone_hosts=2")],
-        capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"},
+        [
+            FEDKEY,
+            "simulate",
+            "--data",
+            str(prepared.root),
+            "--out",
+            str(out),
+            "--rounds",
+            "2",
+            "--cohort",
+            "5",
+            *sets(*overrides, "simulate.phone_hosts=2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -45,8 +59,9 @@ def test_cli_runs_rounds_through_flower_and_writes_every_output(prepared, tmp_pa
 
 
 def test_cli_refuses_an_impossible_cohort_before_starting_flower(prepared, tmp_path: Path):
-    result = CliRunner().invoke(app, ["simulate", "--data", str(prepared.root), "--out", str(tmp_path / "r"),
-                                      "--cohort", "1000", *sets(*TINY)])
+    result = CliRunner().invoke(
+        app, ["simulate", "--data", str(prepared.root), "--out", str(tmp_path / "r"), "--cohort", "1000", *sets(*TINY)]
+    )
     assert result.exit_code == 2
     assert "population has" in result.output
     assert not (tmp_path / "r" / "metrics.jsonl").exists()

@@ -18,14 +18,21 @@ from fedkey.simulate import RunSettings, SimulationConfigError, build_setup, con
 torch.set_num_threads(1)
 
 # FedAdam and central DP: a resumed run must restore optimizer moments and the accountant too.
-STATEFUL = ("simulate.optimizer.name='fedadam'", "simulate.optimizer.lr=0.05", "simulate.sampling='poisson'",
-            "simulate.poisson_rate=0.3", "central_dp.noise_multiplier=0.5", "central_dp.accountant='rdp'")
+STATEFUL = (
+    "simulate.optimizer.name='fedadam'",
+    "simulate.optimizer.lr=0.05",
+    "simulate.sampling='poisson'",
+    "simulate.poisson_rate=0.3",
+    "central_dp.noise_multiplier=0.5",
+    "central_dp.accountant='rdp'",
+)
 
 
 def run(prepared, out: Path, *overrides: str, resume: bool = False) -> list[dict]:
     config = tiny_config(*STATEFUL, *overrides)
-    simulation = SimulationRun(RunSettings(config, prepared.root, out, resume, False),
-                               build_setup(config, prepared.root))
+    simulation = SimulationRun(
+        RunSettings(config, prepared.root, out, resume, False), build_setup(config, prepared.root)
+    )
     simulation.prepare_outputs()
     simulation.run(LocalGrid())
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -65,23 +72,35 @@ def test_run_stops_at_the_privacy_budget(prepared, tmp_path: Path):
     assert probe is not None
     from fedkey.privacy.accountant import epsilon_of
 
-    budget = (epsilon_of([(probe.round_spec(), 1)], probe.delta, "rdp")
-              + epsilon_of([(probe.round_spec(), 2)], probe.delta, "rdp")) / 2
+    budget = (
+        epsilon_of([(probe.round_spec(), 1)], probe.delta, "rdp")
+        + epsilon_of([(probe.round_spec(), 2)], probe.delta, "rdp")
+    ) / 2
     lines = run(prepared, tmp_path, f"central_dp.target_epsilon={budget}")
     assert len(lines) == 1
     assert json.loads((tmp_path / "final.json").read_text())["stopped_by"] == "privacy budget"
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["simulate.cohort_size=100"], "population has"),
-    (["simulate.deadline_s=5"], "shorter than the fastest phone"),
-    (["simulate.sampling='poisson'", "simulate.poisson_rate=0.001"], "raise the rate"),
-    (["simulate.sampling='poisson'", "simulate.poisson_rate=0.5", "central_dp.noise_multiplier=0.5",
-      "central_dp.target_epsilon=0.01", "central_dp.accountant='rdp'"], "budget already spent at round 0"),
-    (["population.size=1000", "central_dp.noise_multiplier=1", "central_dp.population=999"],
-     "but population.size"),
-    (["pipeline=[{kind='error_feedback'}, {kind='top_k', fraction=0.1}]"], "error_feedback"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["simulate.cohort_size=100"], "population has"),
+        (["simulate.deadline_s=5"], "shorter than the fastest phone"),
+        (["simulate.sampling='poisson'", "simulate.poisson_rate=0.001"], "raise the rate"),
+        (
+            [
+                "simulate.sampling='poisson'",
+                "simulate.poisson_rate=0.5",
+                "central_dp.noise_multiplier=0.5",
+                "central_dp.target_epsilon=0.01",
+                "central_dp.accountant='rdp'",
+            ],
+            "budget already spent at round 0",
+        ),
+        (["population.size=1000", "central_dp.noise_multiplier=1", "central_dp.population=999"], "but population.size"),
+        (["pipeline=[{kind='error_feedback'}, {kind='top_k', fraction=0.1}]"], "error_feedback"),
+    ],
+)
 def test_configurations_that_cannot_work_are_refused(prepared, overrides: list[str], message: str):
     with pytest.raises((SimulationConfigError, ConfigError), match=message):
         build_setup(tiny_config(*overrides), prepared.root)
@@ -91,16 +110,31 @@ def test_central_dp_needs_consistent_sampling():
     with pytest.raises(ConfigError, match=r"population\.size"):
         load_config(None, ["central_dp.noise_multiplier=1"])
     with pytest.raises(ConfigError, match="sampling_rate"):
-        load_config(None, ["simulate.sampling='poisson'", "simulate.poisson_rate=0.1",
-                           "central_dp.noise_multiplier=1", "central_dp.sampling_rate=0.2"])
-    config = load_config(None, ["simulate.sampling='poisson'", "simulate.poisson_rate=0.1",
-                                "central_dp.noise_multiplier=1"])
+        load_config(
+            None,
+            [
+                "simulate.sampling='poisson'",
+                "simulate.poisson_rate=0.1",
+                "central_dp.noise_multiplier=1",
+                "central_dp.sampling_rate=0.2",
+            ],
+        )
+    config = load_config(
+        None, ["simulate.sampling='poisson'", "simulate.poisson_rate=0.1", "central_dp.noise_multiplier=1"]
+    )
     assert config.central_dp is not None and config.central_dp.sampling_rate == 0.1
 
 
 def test_run_config_keys_and_dotted_overrides(tmp_path: Path):
-    settings = config_from_run_config({"out": str(tmp_path), "data-dir": "d", "simulate.rounds": 7,
-                                       "simulate.local_engine": "onnx", "simulate.export_bundle": False})
+    settings = config_from_run_config(
+        {
+            "out": str(tmp_path),
+            "data-dir": "d",
+            "simulate.rounds": 7,
+            "simulate.local_engine": "onnx",
+            "simulate.export_bundle": False,
+        }
+    )
     assert settings.config.simulate.rounds == 7 and settings.config.simulate.local_engine == "onnx"
     assert not settings.config.simulate.export_bundle and not settings.resume
     with pytest.raises(ConfigError, match="unknown key"):

@@ -38,8 +38,9 @@ def test_foreign_special_ids_are_refused():
     import sentencepiece as spm
 
     out = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c d e f g"] * 50), model_writer=out,
-                                   vocab_size=12, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["a b c d e f g"] * 50), model_writer=out, vocab_size=12, minloglevel=2
+    )
     with pytest.raises(ValueError, match="pad/unk/bos/eos"):
         Tokenizer(out.getvalue())
 
@@ -47,6 +48,5 @@ def test_foreign_special_ids_are_refused():
 def test_public_source_tokenizer(tmp_path, corpus_file):
     from fedkey.device_sim.federated_data import prepare
 
-    data = prepare(f"jsonl:{corpus_file}", tmp_path, vocab_size=300, lexicon_size=50,
-                   tokenizer_source="shakespeare")
+    data = prepare(f"jsonl:{corpus_file}", tmp_path, vocab_size=300, lexicon_size=50, tokenizer_source="shakespeare")
     assert "\u2581thou" in data.tokenizer.pieces  # learnt from Shakespeare, not from the users
