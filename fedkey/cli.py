@@ -13,7 +13,7 @@ app = typer.Typer(
 )
 
 # Areas register their sub-apps / commands below (one line each).
-from fedkey.cli_foundation import (  # noqa: E402, I001
+from fedkey.cli_foundation import (  # noqa: E402
     baseline_command,
     config_app,
     data_app,
@@ -29,10 +29,10 @@ app.command("evaluate")(evaluate_command)
 from fedkey.cli_demo import demo_command  # noqa: E402
 
 app.command("demo")(demo_command)
-from fedkey.cli_export import export_command  # noqa: E402, I001
+from fedkey.cli_export import export_command  # noqa: E402
 
 app.command("export")(export_command)
-from fedkey.cli_privacy import privacy_app  # noqa: E402, I001
+from fedkey.cli_privacy import privacy_app  # noqa: E402
 
 app.add_typer(privacy_app, name="privacy")
 from fedkey.cli_simulate import EPILOG as SIMULATE_EPILOG, simulate_command  # noqa: E402, I001
