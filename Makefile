@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 demo: install
 	.venv/bin/fedkey demo --out $(RUN_DIR)
 
-test: install test-python test-kotlin
+test: install lint test-python test-kotlin
 
 test-python: install
 	$(PY) -m pytest -q
