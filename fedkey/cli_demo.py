@@ -20,7 +20,8 @@ def demo_command(
 ) -> None:
     """Prepare chitchat, fit the trigram baseline, train the small CIFG-LSTM briefly, compare them."""
     from fedkey.central import train_central
-    from fedkey.device_sim.federated_data import FederatedData, prepare
+    from fedkey.data import prepare_from_config
+    from fedkey.device_sim.federated_data import FederatedData
     from fedkey.models.metrics import limit_positions, recall_at_k
     from fedkey.models.ngram import KneserNey
 
@@ -31,7 +32,7 @@ def demo_command(
     with user_errors():
         if not (data / "prepare.json").is_file():
             console.print(f"preparing chitchat into {data} ...")
-            prepare("chitchat", data)
+            prepare_from_config(cfg, data, corpus="chitchat")
         fd = FederatedData.load(data)
     console.print(f"{len(fd.train_users)} training users (phones), {len(fd.test_users)} held-out users")
     held_out = [m for u in fd.test_users for m in u.messages]

@@ -32,25 +32,12 @@ def data_prepare(
     set_: SetOption = None,
 ) -> None:
     """Clean, cap and split a corpus into train/held-out users; train the tokenizer; write stats.json."""
-    from fedkey.device_sim.federated_data import prepare
+    from fedkey.data import prepare_from_config
 
     cfg = effective_config(config, set_, lambda: [f'data.corpus="{corpus}"'] if corpus else [])
-    d, t = cfg.data, cfg.tokenizer
+    d = cfg.data
     with user_errors():
-        data = prepare(
-            d.corpus,
-            out,
-            test_fraction=d.test_fraction,
-            personal_fraction=d.personal_fraction,
-            min_messages=d.min_messages,
-            max_messages_per_user=d.max_messages_per_user,
-            max_words_per_message=d.max_words_per_message,
-            lexicon_size=d.lexicon_size,
-            seed=d.seed,
-            vocab_size=t.vocab_size,
-            model_type=t.model_type,
-            tokenizer_source=t.source,
-        )
+        data = prepare_from_config(cfg, out)
     s = data.stats
     table = Table(title=f"{d.corpus} -> {out}")
     for col in ("split", "users", "messages", "words", "median msgs/user"):

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from fedkey.config import ConfigError, FedkeyConfig, load_config
-from fedkey.device_sim.federated_data import FederatedData, prepare, sample_messages
+from fedkey.data import prepare_from_config
+from fedkey.device_sim.federated_data import FederatedData, sample_messages
 from fedkey.device_sim.phone_host import HostTask
 from fedkey.device_sim.population import Population
 from fedkey.device_sim.round_time import RoundOutcome
@@ -340,21 +341,7 @@ def ensure_data(data: Path | None, config: FedkeyConfig) -> Path:
             raise SimulationConfigError(f"{data} is not a prepared data folder; run `fedkey data prepare`")
         return data
     if not (DEFAULT_DATA_CACHE / "prepare.json").is_file():
-        d, t = config.data, config.tokenizer
-        prepare(
-            "chitchat",
-            DEFAULT_DATA_CACHE,
-            test_fraction=d.test_fraction,
-            personal_fraction=d.personal_fraction,
-            min_messages=d.min_messages,
-            max_messages_per_user=d.max_messages_per_user,
-            max_words_per_message=d.max_words_per_message,
-            lexicon_size=d.lexicon_size,
-            seed=d.seed,
-            vocab_size=t.vocab_size,
-            model_type=t.model_type,
-            tokenizer_source=t.source,
-        )
+        prepare_from_config(config, DEFAULT_DATA_CACHE, corpus="chitchat")
     return DEFAULT_DATA_CACHE
 
 
