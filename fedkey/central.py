@@ -7,7 +7,9 @@ Writes into the run folder: `config.toml` (effective), `metrics.jsonl` (one line
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -24,14 +26,25 @@ from fedkey.models.sequences import SequenceBatch, length_bucketed_batches, mess
 from fedkey.plots import plot_metrics
 
 
-def _trimmed(batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _trimmed(batch: SequenceBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cut the batch to its longest row: buckets of short messages then cost short steps."""
     t = int(batch.lengths.max())
-    return (
-        torch.from_numpy(batch.inputs[:, :t]),
-        torch.from_numpy(batch.targets[:, :t]),
-        torch.from_numpy(batch.mask[:, :t]),
-    )
+    inputs, targets, mask = (torch.from_numpy(a[:, :t]).to(device) for a in (batch.inputs, batch.targets, batch.mask))
+    return inputs, targets, mask
+
+
+def training_device(name: str) -> torch.device:
+    """The torch device for `central.device`, refusing cuda when no GPU is visible."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("central.device = 'cuda' but torch sees no GPU; use central.device = 'cpu'")
+    return torch.device(name)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of `central.lr` at `step`: 1 for constant, half a cosine down to 0 for cosine."""
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
 def train_central(
@@ -41,6 +54,7 @@ def train_central(
     cc = config.central
     torch.set_num_threads(cc.threads)
     torch.manual_seed(cc.seed)
+    device = training_device(cc.device)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(to_toml(config))
     model_config = config.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
@@ -56,9 +70,10 @@ def train_central(
     else:
         model = CifgLstm(model_config, seed=cc.seed)
         (out / "metrics.jsonl").unlink(missing_ok=True)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cc.lr)
     if resume and (out / "optimizer.pt").is_file():
-        optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
+        optimizer.load_state_dict(torch.load(out / "optimizer.pt", map_location=device, weights_only=True))
 
     rng = np.random.default_rng(cc.seed + step)
     steps_per_epoch = -(-len(seqs) // cc.batch_size)
@@ -69,8 +84,9 @@ def train_central(
 
     def evaluate_and_save() -> None:
         nonlocal best
+        cpu_model = model if device.type == "cpu" else copy.deepcopy(model).cpu()
         metrics = evaluate_model(
-            model,
+            cpu_model,
             data.tokenizer,
             data.lexicon,
             eval_text,
@@ -89,7 +105,7 @@ def train_central(
         improved = metrics["recall@1"] > best
         best = max(best, metrics["recall@1"])
         meta = {"step": step, "best_recall1": best, "kind": "central"}
-        ckpt = Checkpoint(model, data.tokenizer, cc.seq_len, model_version=step, meta=meta)
+        ckpt = Checkpoint(cpu_model, data.tokenizer, cc.seq_len, model_version=step, meta=meta)
         ckpt.save(out / "checkpoint.pt")
         torch.save(optimizer.state_dict(), out / "optimizer.pt")
         if improved:
@@ -112,8 +128,10 @@ def train_central(
         task = progress.add_task("training", total=total_steps, completed=step)
         while step < total_steps and time.monotonic() < deadline:
             for index in length_bucketed_batches(seqs.lengths, cc.batch_size, rng):
-                inputs, targets, mask = _trimmed(seqs.take(index))
+                inputs, targets, mask = _trimmed(seqs.take(index), device)
                 loss_sum, count = model.loss(inputs, targets, mask)
+                for group in optimizer.param_groups:
+                    group["lr"] = cc.lr * lr_factor(cc.lr_schedule, step, total_steps)
                 optimizer.zero_grad(set_to_none=True)
                 (loss_sum / count).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cc.clip_norm)

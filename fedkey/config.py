@@ -64,10 +64,16 @@ class CentralConfig(_Strict):
     batch_size: int = Field(128, ge=1, description="sequences per step")
     seq_len: int = Field(32, ge=4, description="training sequence length in pieces (longer messages are split)")
     lr: float = Field(2e-3, gt=0, description="Adam learning rate")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate over the run: constant, or cosine decay to 0 at the last step"
+    )
     clip_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
     eval_every: int = Field(500, ge=1, description="steps between evaluations on a held-out sample")
     eval_users: int = Field(60, ge=1, description="held-out users in the periodic evaluation sample")
     threads: int = Field(2, ge=1, description="torch intra-op threads")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where training runs (cuda needs a GPU); evaluation always runs on the CPU"
+    )
     seed: int = Field(0, description="initialisation and shuffling seed")
 
 

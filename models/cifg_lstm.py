@@ -178,4 +178,5 @@ class CifgLstm(nn.Module):
         """(sum of masked NLL, number of counted positions) for a batch of fixed-length sequences."""
         params = self.param_dict()
         out, _ = hidden_states(params, tokens, self.init_state(tokens.shape[0]))
-        return masked_nll(params, out, targets, mask), mask.sum()
+        # chunking keeps the logits in a CPU core's cache; a GPU wants one large kernel instead
+        return masked_nll(params, out, targets, mask, chunk=None if out.is_cuda else 256), mask.sum()
