@@ -7,7 +7,6 @@ Writes into the run folder: `config.toml` (effective), `metrics.jsonl` (one line
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -84,9 +83,8 @@ def train_central(
 
     def evaluate_and_save() -> None:
         nonlocal best
-        cpu_model = model if device.type == "cpu" else copy.deepcopy(model).cpu()
         metrics = evaluate_model(
-            cpu_model,
+            model,
             data.tokenizer,
             data.lexicon,
             eval_text,
@@ -105,7 +103,7 @@ def train_central(
         improved = metrics["recall@1"] > best
         best = max(best, metrics["recall@1"])
         meta = {"step": step, "best_recall1": best, "kind": "central"}
-        ckpt = Checkpoint(cpu_model, data.tokenizer, cc.seq_len, model_version=step, meta=meta)
+        ckpt = Checkpoint(model, data.tokenizer, cc.seq_len, model_version=step, meta=meta)
         ckpt.save(out / "checkpoint.pt")
         torch.save(optimizer.state_dict(), out / "optimizer.pt")
         if improved:
@@ -145,7 +143,7 @@ def train_central(
                     break
         evaluate_and_save()
 
-    final_model = Checkpoint.load(out / "best.pt").model
+    final_model = Checkpoint.load(out / "best.pt").model.to(device)
     ev = config.eval
     kwargs = {"max_positions": ev.max_positions, "beam": ev.beam, "max_word_pieces": ev.max_word_pieces}
     final = {

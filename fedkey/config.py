@@ -71,9 +71,7 @@ class CentralConfig(_Strict):
     eval_every: int = Field(500, ge=1, description="steps between evaluations on a held-out sample")
     eval_users: int = Field(60, ge=1, description="held-out users in the periodic evaluation sample")
     threads: int = Field(2, ge=1, description="torch intra-op threads")
-    device: Literal["cpu", "cuda"] = Field(
-        "cpu", description="where training runs (cuda needs a GPU); evaluation always runs on the CPU"
-    )
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where training and evaluation run (cuda needs a GPU)")
     seed: int = Field(0, description="initialisation and shuffling seed")
 
 

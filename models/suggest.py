@@ -45,16 +45,17 @@ class LstmSuggester:
         self, model: CifgLstm, tokenizer: Tokenizer, lexicon: Sequence[str], beam: int = 6, max_word_pieces: int = 4
     ):
         self.model = model
+        self.device = model.params["w_x"].device
         self.tokenizer = tokenizer
         self.lexicon = set(lexicon)
         self.beam = beam
         self.max_word_pieces = max_word_pieces
         starts = torch.tensor(tokenizer.word_start)
-        self.start_ids = torch.nonzero(starts).squeeze(1)
+        self.start_ids = torch.nonzero(starts).squeeze(1).to(self.device)
         special = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
         special[[PAD_ID, BOS_ID, EOS_ID]] = True
-        self.cont_ids = torch.nonzero(~starts & ~special).squeeze(1)
-        self.boundary_ids = torch.cat([self.start_ids, torch.tensor([EOS_ID])])
+        self.cont_ids = torch.nonzero(~starts & ~special).squeeze(1).to(self.device)
+        self.boundary_ids = torch.cat([self.start_ids, torch.tensor([EOS_ID], device=self.device)])
         self.piece_text = [tokenizer.piece_text(i) for i in range(tokenizer.vocab_size)]
 
     @torch.no_grad()
@@ -62,7 +63,7 @@ class LstmSuggester:
         """LSTM state before the first piece of every word position; and each message's position count."""
         params = self.model.param_dict()
         encoded = _encode_messages(self.tokenizer, messages)
-        inputs, _ = _padded(encoded)
+        inputs = _padded(encoded)[0].to(self.device)
         state = self.model.init_state(len(encoded))
         hs, cs = [], []
         for x in torch.unbind(params["embedding"][inputs], dim=1):
@@ -79,7 +80,8 @@ class LstmSuggester:
             counts.append(len(wanted))
             rows.extend([row] * len(wanted))
             cols.extend(starts[j] for j in wanted)  # state after BOS + pieces before word j
-        index_r, index_c = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+        index_r = torch.tensor(rows, dtype=torch.long, device=self.device)
+        index_c = torch.tensor(cols, dtype=torch.long, device=self.device)
         return h_all[index_r, index_c], c_all[index_r, index_c], counts
 
     @torch.no_grad()
@@ -91,7 +93,7 @@ class LstmSuggester:
         n, beam = h.shape[0], min(self.beam, self.start_ids.numel())
         logp = torch.log_softmax(output_logits(params, h), dim=-1)
         scores, idx = logp[:, self.start_ids].topk(beam, dim=-1)
-        owner = torch.arange(n).repeat_interleave(beam)  # position of each live hypothesis
+        owner = torch.arange(n, device=self.device).repeat_interleave(beam)  # position of each live hypothesis
         scores = scores.reshape(-1)
         pieces = self.start_ids[idx].reshape(-1, 1)
         state = cell_step(
@@ -104,7 +106,7 @@ class LstmSuggester:
             self._collect(found, owner, pieces, done)
             if depth == self.max_word_pieces:
                 break
-            kth = torch.tensor([sorted(w.values())[-k] if len(w) >= k else 0.0 for w in found])
+            kth = torch.tensor([sorted(w.values())[-k] if len(w) >= k else 0.0 for w in found], device=self.device)
             ext, ext_ids = logp[:, self.cont_ids].topk(min(beam, self.cont_ids.numel()), dim=-1)
             ext = scores.unsqueeze(1) + ext
             alive = ext > torch.log(kth[owner]).unsqueeze(1)
@@ -146,7 +148,8 @@ def perplexity(model: CifgLstm, tokenizer: Tokenizer, messages: Sequence[str], b
         chunk = [m for m in messages[start : start + batch] if m]
         if not chunk:
             continue
-        inputs, targets = _padded(tokenizer.encode_batch(chunk))
+        device = model.params["w_x"].device
+        inputs, targets = (t.to(device) for t in _padded(tokenizer.encode_batch(chunk)))
         mask = (targets != PAD_ID).float()
         loss, count = model.loss(inputs, targets, mask)
         nll += float(loss)
