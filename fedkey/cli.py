@@ -38,3 +38,6 @@ app.add_typer(privacy_app, name="privacy")
 from fedkey.cli_simulate import EPILOG as SIMULATE_EPILOG, simulate_command  # noqa: E402, I001
 
 app.command("simulate", epilog=SIMULATE_EPILOG)(simulate_command)
+from fedkey.cli_report import report_command  # noqa: E402
+
+app.command("report")(report_command)

@@ -44,7 +44,8 @@ def simulate_command(
         typer.Option(
             "--out",
             "-o",
-            help="Run folder: metrics.jsonl, config.toml, checkpoint.pt, participation.json, final.json, bundle/.",
+            help="Run folder: metrics.jsonl, config.toml, checkpoint.pt, participation.json, final.json, bundle/, "
+            "report.html.",
         ),
     ],
     data: Annotated[
@@ -74,6 +75,7 @@ def simulate_command(
     """Federated training of the keyboard model over a simulated phone fleet: a Flower ServerApp with
     sampling, over-selection, deadlines and per-phone update decoding; phone hosts (virtual SuperNodes)
     each training many phones."""
+    from fedkey.report import write_report
     from fedkey.simulate import build_setup, ensure_data, run_local
 
     def flags() -> list[str]:
@@ -111,5 +113,6 @@ def simulate_command(
     )
     console.print(
         f"run folder: {out}  (metrics.jsonl, config.toml, checkpoint.pt, participation.json, "
-        f"final.json{', bundle/' if cfg.simulate.export_bundle else ''})"
+        f"final.json{', bundle/' if cfg.simulate.export_bundle else ''}, report.html)"
     )
+    console.print(f"report: {write_report(out)}")
