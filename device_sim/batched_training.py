@@ -1,41 +1,44 @@
-"""Many phones' local SGD at once: ``torch.func.vmap`` over stacked per-phone weights.
+"""Many phones' local SGD at once: stacked per-phone weights, batched matmuls, a fused softmax loss.
 
 Each phone runs exactly the local update of ``models.onnx_local_update`` (the reference the ONNX graph
 is tested against): K SGD steps, step k on batch ``k mod N`` of the phone's own data, each gradient
 clipped to a global L2 norm, and the delta clipped at the end. Here the phones of a group share every
-tensor op: their flat weights are stacked into ``W [P, D]`` and one call of
-``vmap(grad_and_value(mean_loss))`` computes all their gradients, so the CIFG recurrence's small
-matmuls become batched matmuls and the per-op overhead is paid once per group instead of once per
-phone. Phones are sorted by their number of steps; at step k only the phones that still have steps
-left (a prefix) are computed, so a phone that ran out of batches costs nothing; trailing rows (the
-empty fill of a phone's last batch) and trailing positions that no phone of the group counts are cut
-off (exact: the network is causal, they are masked and the loss is a mean over counted targets), which
-pays when batches hold rows of similar length (the phone host builds them so).
+tensor op: their flat weights are stacked into ``W [P, D]`` and the CIFG recurrence of
+``models.cifg_lstm`` runs on per-phone weight stacks, so its matmuls become batched matmuls (one
+``bmm`` per gate product for all phones) and the per-op overhead is paid once per group instead of
+once per phone. Phones are sorted by their number of steps; at step k only the phones that still have
+steps left (a prefix) are computed, so a phone that ran out of batches costs nothing; trailing rows
+(the empty fill of a phone's last batch) and trailing positions that no phone of the group counts are
+cut off (exact: the network is causal, they are masked and the loss is a mean over counted targets),
+which pays when batches hold rows of similar length (the phone host builds them so).
 
-The loss is ``models.onnx_train.mean_loss`` with a row chunk for the vocabulary softmax (the
-cache-friendly form, see ``models.cifg_lstm.masked_nll``); the result matches the per-phone reference
-up to float rounding. Measured on a 2-core CPU, groups of one phone (``group=1``: chunked softmax and
-cut padding, no vmap) were the fastest, 1.2x the reference loop, while vmap groups of 2-8 were slower
-than the loop; ``simulate.vmap_group`` chooses (docs/simulate.md).
+The 8192-way tied softmax dominates the cost. :func:`fused_nll` computes it only at counted positions
+(mask != 0), a cache-sized chunk of rows at a time, and takes the gradient in the same pass: the
+chunk's logits become ``mask * (softmax - onehot)`` in place while they are still in cache and are
+multiplied straight into the gradients of the projected outputs, the tied embedding and the output
+bias. The [N, V] logits are never stored for a backward pass nor computed twice. The results match
+the per-phone reference up to float rounding (tests/test_batched_training.py).
 """
 
 from __future__ import annotations
 
-import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from fedkey.models.cifg_lstm import ModelConfig
+from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig, hidden_states
 from fedkey.models.onnx_local_update import Batches, LocalUpdateError
-from fedkey.models.onnx_train import clip_scale, mean_loss
+from fedkey.models.onnx_train import clip_scale
 
-#: Working-set budget for one group of phones (logits kept for the backward pass dominate).
+#: Working-set budget for one group of phones (per-phone weights, gradients and activations).
 GROUP_BYTES = 192 * 2**20
-#: Rows of the vocabulary softmax computed at a time per phone.
-SOFTMAX_CHUNK = 256
+#: Rows of the vocabulary softmax computed at a time (their logits stay in the core's L2 cache).
+SOFTMAX_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,100 @@ class PhonesResult:
 
 
 def group_size(config: ModelConfig, batch_size: int, seq_len: int, budget_bytes: int = GROUP_BYTES) -> int:
-    """How many phones to vectorise together so that their softmax activations fit the budget."""
-    vocab = config.resolved().vocab_size
-    per_phone = 3 * 4 * batch_size * seq_len * vocab
+    """How many phones to stack together so that their working set fits the budget.
+
+    Per phone: weights, gradient and the loss's embedding gradient (~3 copies of the parameters) plus
+    the recurrence's saved activations (~8 floats per cell unit and position).
+    """
+    c = config.resolved()
+    assert c.hidden_dim is not None
+    per_phone = 4 * (3 * c.num_parameters() + 8 * batch_size * seq_len * c.hidden_dim)
     return max(1, budget_bytes // per_phone)
+
+
+class _FusedNll(torch.autograd.Function):
+    """Per-phone sums of masked NLL under the tied softmax; the gradient is computed in the forward pass."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, h: Tensor, embedding: Tensor, bias: Tensor, targets: Tensor, mask: Tensor, chunk: int
+    ) -> Tensor:
+        phones = h.shape[0]
+        losses = h.new_zeros(phones)
+        grad_h = torch.zeros_like(h)
+        grad_emb = torch.zeros_like(embedding)
+        grad_bias = torch.zeros_like(bias)
+        for p in range(phones):
+            rows = torch.nonzero(mask[p]).squeeze(1)
+            emb_p, bias_p, grad_emb_p = embedding[p], bias[p], grad_emb[p]
+            for part in torch.split(rows, chunk):
+                h_c, t_c, m_c = h[p, part], targets[p, part, None], mask[p, part, None]
+                logp = torch.log_softmax(torch.addmm(bias_p, h_c, emb_p.t()), dim=1)
+                losses[p] -= (logp.gather(1, t_c) * m_c).sum()
+                # d(sum of m * -logp[target]) / d logits = m * (softmax - onehot(target)), built in place
+                g = logp.exp_().mul_(m_c).scatter_add_(1, t_c, -m_c)
+                grad_h[p, part] = g @ emb_p
+                grad_emb_p.addmm_(g.t(), h_c)
+                grad_bias[p] += g.sum(dim=0)
+        ctx.save_for_backward(grad_h, grad_emb, grad_bias)
+        return losses
+
+    @staticmethod
+    def backward(ctx: Any, grad_losses: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        grad_h, grad_emb, grad_bias = ctx.saved_tensors
+        scale = grad_losses[:, None]
+        return grad_h * scale[:, :, None], grad_emb * scale[:, :, None], grad_bias * scale, None, None, None
+
+
+def fused_nll(h: Tensor, embedding: Tensor, bias: Tensor, targets: Tensor, mask: Tensor, chunk: int) -> Tensor:
+    """Each phone's sum of ``mask * -log softmax(h @ embedding.T + bias)[target]`` over its positions.
+
+    h [P, N, E], embedding [P, V, E], bias [P, V], targets [P, N] int64, mask [P, N] (0 = not counted).
+    Differentiable in h, embedding and bias (first-order only).
+    """
+    return _FusedNll.apply(h, embedding, bias, targets, mask, chunk)  # type: ignore[no-any-return]
+
+
+def _stacked_params(w: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """Per-phone views of stacked flat weights w [P, D] (the ``models.manifest`` layout): name -> [P, *shape]."""
+    parts = torch.split(w, [math.prod(shapes[n]) for n in PARAM_NAMES], dim=1)
+    return {n: part.reshape(w.shape[0], *shapes[n]) for n, part in zip(PARAM_NAMES, parts, strict=True)}
+
+
+def phone_losses(
+    w: Tensor, tokens: Tensor, targets: Tensor, mask: Tensor, shapes: dict[str, tuple[int, ...]], chunk: int
+) -> Tensor:
+    """Each phone's mean NLL per counted position: w [P, D], tokens/targets [P, B, T], mask [P, B, T].
+
+    Phone p's loss is ``models.onnx_train.mean_loss`` of its own weights and batch; the recurrence is
+    ``models.cifg_lstm.hidden_states`` on stacked weights (``x @ w`` of [P, B, E] by [P, E, 3H] is a
+    batched matmul), with the embedding table flattened to [P * V, E] and token ids offset by phone.
+    """
+    params = _stacked_params(w, shapes)
+    phones, batch, steps = tokens.shape
+    vocab, embed = shapes["embedding"]
+    hidden = shapes["w_proj"][0]
+    offsets = torch.arange(phones, dtype=tokens.dtype)[:, None, None] * vocab
+    recurrence = {
+        "embedding": params["embedding"].reshape(phones * vocab, embed),
+        "w_x": params["w_x"],
+        "w_h": params["w_h"],
+        "b": params["b"][:, None, :],
+        "w_proj": params["w_proj"],
+    }
+    state = (w.new_zeros(phones, batch, embed), w.new_zeros(phones, batch, hidden))
+    # hidden_states steps along dim 1: put time there ([P, T, B]), so each step's input is [P, B, E]
+    out, _ = hidden_states(recurrence, (tokens + offsets).transpose(1, 2), state)
+    flat_mask = mask.transpose(1, 2).reshape(phones, -1)
+    totals = fused_nll(
+        out.reshape(phones, steps * batch, embed),
+        params["embedding"],
+        params["out_bias"],
+        targets.transpose(1, 2).reshape(phones, -1),
+        flat_mask,
+        chunk,
+    )
+    return totals / torch.clamp(flat_mask.sum(dim=1), min=1.0)
 
 
 def train_phones(
@@ -64,8 +157,12 @@ def train_phones(
     grad_clip: float,
     delta_clip: float,
     group: int | None = None,
+    chunk: int = SOFTMAX_CHUNK,
 ) -> PhonesResult:
-    """Run every phone's local update from the same start ``weights``; phone i uses ``batches[i]``."""
+    """Run every phone's local update from the same start ``weights``; phone i uses ``batches[i]``.
+
+    ``group`` phones are stacked together (None: as many as :func:`group_size` allows).
+    """
     config = config.resolved()
     shapes = config.param_shapes()
     dim = config.num_parameters()
@@ -84,8 +181,6 @@ def train_phones(
     if len(seq_lens) != 1 or len(batch_sizes) != 1:
         raise LocalUpdateError("all phones must use one batch size and sequence length")
     g = group or group_size(config, batch_sizes.pop(), seq_lens.pop())
-    loss_fn = functools.partial(mean_loss, shapes=shapes, chunk=SOFTMAX_CHUNK)
-    step_fn = torch.func.vmap(torch.func.grad_and_value(loss_fn))
     start = torch.from_numpy(weights)
     lr_t = torch.tensor(lr, dtype=torch.float32)
     clip_t = torch.tensor(grad_clip, dtype=torch.float32)
@@ -112,11 +207,13 @@ def train_phones(
                 rows = int(torch.nonzero(msk.sum(dim=(0, 2))).max()) + 1
                 cols = int(torch.nonzero(msk.sum(dim=(0, 1))).max()) + 1
                 tok, tgt, msk = tok[:, :rows, :cols], tgt[:, :rows, :cols], msk[:, :rows, :cols]
-            grads, step_losses = step_fn(w[:active], tok, tgt, msk)
+            w_active = w[:active].detach().requires_grad_()
+            step_losses = phone_losses(w_active, tok, tgt, msk, shapes, chunk)
+            (grads,) = torch.autograd.grad(step_losses.sum(), w_active)
             with torch.no_grad():
                 scale = clip_scale(torch.linalg.vector_norm(grads, dim=1), clip_t)
                 w[:active] -= lr_t * scale[:, None] * grads
-                loss_sum[:active] += step_losses
+                loss_sum[:active] += step_losses.detach()
         with torch.no_grad():
             delta = w - start
             norm = torch.linalg.vector_norm(delta, dim=1)
