@@ -18,10 +18,12 @@ passes). The ``torch`` engine runs :mod:`batched_training` (``vmap-group`` phone
 per process into a cache folder). Then the update pipeline encodes all deltas at once.
 
 Message out: ``ConfigRecord`` "updates" (``phone-ids``, ``payloads``: one wire-format v1 message per
-phone) and ``MetricRecord`` "metrics" (per-phone ``examples`` = training sequences, ``tokens``,
-``loss`` = mean step loss; host ``train-s``, ``encode-s``).
+phone), ``MetricRecord`` "metrics" (per-phone ``examples`` = training sequences, ``tokens``,
+``loss`` = mean step loss; host ``train-s``, ``encode-s``) and ``ConfigRecord`` "host" (where the host
+ran: ``hostname``, ``pid`` and ``ray-node-id``, the Ray node's id or "" outside Ray; see
+:func:`host_identity`).
 
-Node config (``flower-supernode --node-config`` or ``[tool.flwr.federations]``), all optional:
+Node config (``flower-supernode --node-config``; see ``fedkey.deploy``), all optional:
 ``data-dir`` (this node's copy of the prepared data; default: the server's path from the task),
 ``threads`` (torch / ONNX Runtime threads; default: the task's), ``cache-dir`` (ONNX graphs; default:
 the system temp folder). Data, tokenised per-user sequences and the population are cached in the
@@ -35,6 +37,8 @@ import hashlib
 import math
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -151,6 +155,20 @@ class HostTask:
         )
 
 
+#: Key of the reply's record that says where the host ran.
+HOST_KEY = "host"
+
+
+def host_identity() -> dict[str, ConfigRecordValues]:
+    """Where this phone host runs: machine name, process id and Ray node id ("" outside a Ray worker).
+
+    The server collects these (final.json ``phone_hosts``) to show which machines did the work.
+    """
+    ray = sys.modules.get("ray")  # only inside Flower's Ray backend, never imported here
+    node_id = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+    return {"hostname": socket.gethostname(), "pid": os.getpid(), "ray-node-id": node_id}
+
+
 #: Phones trained and encoded together in a host (bounds the deltas held at once).
 PHONES_PER_CHUNK = 64
 
@@ -181,6 +199,7 @@ class HostResult:
                         "encode-s": self.encode_s,
                     }
                 ),
+                HOST_KEY: ConfigRecord(host_identity()),
             }
         )
 

@@ -20,7 +20,9 @@ rounds the server evaluates the global model on a seeded sample of held-out user
     checkpoint.pt      models.checkpoint format; meta holds the round, the clock and the strategy state
                        (server optimizer, DP accountant and ledger, participation), written atomically
     participation.json phone ids and how many accepted updates each sent (for the histogram)
-    final.json         full held-out evaluation of the final model, rounds run, why the run stopped
+    final.json         full held-out evaluation of the final model, rounds run, why the run stopped,
+                       and where the phone hosts ran (``phone_hosts``: Flower nodes that answered,
+                       machine names, Ray node ids; :class:`HostPlaces`)
     bundle/            on-device artifact bundle of the final model (models.bundle)
 
 ``resume`` continues after the checkpoint's round with the same results as an uninterrupted run.
@@ -32,12 +34,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -73,6 +76,8 @@ METRIC_KEYS = (
 )
 CHECKPOINT = "checkpoint.pt"
 NODE_WAIT_S = 600.0
+#: the reply record in which a phone host says where it ran (``device_sim.phone_host.host_identity``)
+HOST_KEY = "host"
 
 
 class ServerRunError(RuntimeError):
@@ -94,6 +99,38 @@ def _to_numpy(state: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class HostPlaces:
+    """Where the phone hosts that answered ran: Flower node ids, machine names and Ray node ids.
+
+    Shows that a Ray cluster or a deployment really spread the work (final.json ``phone_hosts``);
+    after a resume it covers the resumed part only.
+    """
+
+    flower_nodes: set[int] = field(default_factory=set)
+    hostnames: set[str] = field(default_factory=set)
+    ray_nodes: set[str] = field(default_factory=set)
+
+    def observe(self, replies: Iterable[Message]) -> None:
+        """Record the place of every reply that carries one."""
+        for msg in replies:
+            if msg.has_error() or HOST_KEY not in msg.content.config_records:
+                continue
+            host = msg.content.config_records[HOST_KEY]
+            self.flower_nodes.add(msg.metadata.src_node_id)
+            self.hostnames.add(str(host.get("hostname", "")))
+            if host.get("ray-node-id"):
+                self.ray_nodes.add(str(host["ray-node-id"]))
+
+    def summary(self) -> dict[str, Any]:
+        """The final.json entry: how many Flower nodes answered, on which machines and Ray nodes."""
+        return {
+            "flower_nodes": len(self.flower_nodes),
+            "hostnames": sorted(self.hostnames),
+            "ray_nodes": sorted(self.ray_nodes),
+        }
+
+
 class SimulationRun:
     """One run's loop and outputs; :func:`serve` drives it with a Flower Grid."""
 
@@ -108,6 +145,7 @@ class SimulationRun:
         self.next_round = 1
         self.wall_offset_s = 0.0
         self.stopped = "rounds"
+        self.hosts = HostPlaces()
 
     def prepare_outputs(self) -> None:
         """Write config.toml; on resume restore the checkpoint and drop metric lines after it."""
@@ -209,7 +247,8 @@ class SimulationRun:
                     log.warning("stopping before round %d: the central DP budget would be exceeded", rnd)
                     break
                 messages = list(self.strategy.configure_train(rnd, self.strategy.arrays(), ConfigRecord(), grid))
-                replies = grid.send_and_receive(messages, timeout=sim.host_timeout_s) if messages else []
+                replies = list(grid.send_and_receive(messages, timeout=sim.host_timeout_s)) if messages else []
+                self.hosts.observe(replies)
                 record = self.strategy.aggregate_round(rnd, replies)
                 recall = None
                 if rnd == sim.rounds or (sim.eval_every and rnd % sim.eval_every == 0):
@@ -237,6 +276,7 @@ class SimulationRun:
             "sim_time_s": self.strategy.elapsed_s,
             "held_out_users": self.evaluate(self.setup.final_messages, self.config.eval.max_positions),
             "parameters": self.setup.model_config.num_parameters(),
+            "phone_hosts": self.hosts.summary(),
         }
         epsilon, delta = self.strategy.privacy_spent()
         final |= {"epsilon": epsilon, "delta": delta}

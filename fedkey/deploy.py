@@ -1,0 +1,239 @@
+"""Deployment mode on one machine: a Flower SuperLink and phone-host SuperNodes as real processes.
+
+``flwr run`` sends the project (a FAB built from this folder) to the SuperLink, which runs the ServerApp
+(``fedkey.server.app:app``) in a ``flwr-serverapp`` process; each SuperNode runs the phone-host ClientApp
+(``fedkey.device_sim.phone_host:app``) in ``flwr-clientapp`` processes. :class:`LocalDeployment` starts
+the SuperLink and ``simulate.phone_hosts`` SuperNodes on loopback (insecure), writes a SuperLink
+connection for ``flwr run``, runs the app and stops every process it started (process groups plus
+their descendants), even when something fails. ``fedkey deploy`` (``fedkey/cli_deploy.py``) is its
+command line; ``docs/simulate.md`` shows the same steps by hand, across machines.
+
+What Flower 1.42 wants (read and measured here):
+
+- The SuperLink serves the Fleet, Control and runtime APIs over HTTP on one port (``--host``/``--port``);
+  each SuperNode serves a runtime API for its ClientApp processes on its own ``--port`` (default 9094,
+  so several SuperNodes on one machine need one port each).
+- SuperLink and SuperNode start ``flower-superexec`` (then ``flwr-serverapp`` / ``flwr-clientapp``) by
+  name, so the environment's ``bin`` folder must be on ``PATH``; the SuperLink's ``flower-superexec``
+  runs in a session of its own.
+- ``flwr run . NAME`` reads the SuperLink connection ``[superlink.NAME]`` from ``$FLWR_HOME/config.toml``.
+  ``[tool.flwr.federations]`` in pyproject.toml is legacy: ``flwr`` migrates it there and comments it
+  out of pyproject.toml, so the project keeps none.
+- By default the app's dependencies are installed with ``uv`` at run time, which fails offline;
+  ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` turns that off (fedkey must then be installed on
+  every node, as it is here).
+- ``--run-config`` may only set keys that ``[tool.flwr.app.config]`` lists (``out``, ``data-dir``,
+  ``config-file``, ``resume``); every other setting travels in the fedkey TOML named by ``config-file``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import psutil
+import tomli_w
+
+#: name of the SuperLink connection written for ``flwr run``
+CONNECTION = "fedkey-local"
+
+
+class DeploymentError(RuntimeError):
+    """A process did not start, or ``flwr run`` failed (the message names the log to read)."""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower's processes: this Python's ``bin`` on PATH, no runtime installs, offline."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def write_connection(flwr_home: Path, address: str, name: str = CONNECTION, **extra: Any) -> Path:
+    """``$FLWR_HOME/config.toml`` with one insecure SuperLink connection (the default) for ``flwr run``."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = flwr_home / "config.toml"
+    path.write_text(
+        tomli_w.dumps({"superlink": {"default": name, name: {"address": address, "insecure": True, **extra}}})
+    )
+    return path
+
+
+@dataclass
+class ProcessSet:
+    """Processes started in their own process groups, all stopped together (descendants included)."""
+
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a new session, output to ``log_dir/NAME.log``."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("wb")
+        self._logs.append(log)
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def check_alive(self) -> None:
+        """Raise if a started process has exited."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise DeploymentError(f"{name} exited with code {proc.returncode}; see {self.log_dir / name}.log")
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM every process, its group and its descendants; SIGKILL what is left after ``grace_s``."""
+        victims: dict[int, psutil.Process] = {}
+        for proc in self.procs.values():
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(proc.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    victims[p.pid] = p
+        groups = [proc.pid for proc in self.procs.values()]
+        self._signal(groups, victims.values(), signal.SIGTERM)
+        _, alive = psutil.wait_procs(list(victims.values()), timeout=grace_s)
+        self._signal(groups, alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=grace_s)
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace_s)
+        for log in self._logs:
+            log.close()
+        self.procs.clear()
+        self._logs.clear()
+
+    @staticmethod
+    def _signal(groups: list[int], procs: Any, sig: signal.Signals) -> None:
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+
+
+@dataclass
+class LocalDeployment:
+    """A SuperLink and ``hosts`` phone-host SuperNodes on loopback; use as a context manager.
+
+    ``workdir`` holds ``flwr-home/`` (Flower's config and installed FABs) and ``logs/``. Each SuperNode
+    gets the node config ``data-dir`` (when given) and ``threads``.
+    """
+
+    workdir: Path
+    hosts: int
+    data_dir: Path | None = None
+    threads: int = 1
+    start_timeout_s: float = 60.0
+    port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.flwr_home = self.workdir / "flwr-home"
+        self.processes = ProcessSet(self.workdir / "logs")
+        self.env = flower_env(self.flwr_home)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.start()
+        except BaseException:
+            self.processes.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.processes.stop()
+
+    def start(self) -> None:
+        """SuperLink (waits until it answers), then the SuperNodes; writes the ``flwr run`` connection."""
+        bin_dir = Path(sys.executable).parent
+        self.processes.start(
+            "superlink",
+            [str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port)],
+            self.env,
+        )
+        self._wait_healthy()
+        node_config = f"threads={self.threads}"
+        if self.data_dir is not None:
+            node_config = f"data-dir='{Path(self.data_dir).resolve()}' {node_config}"
+        for i in range(self.hosts):
+            self.processes.start(
+                f"supernode-{i}",
+                [
+                    str(bin_dir / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    self.address,
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    node_config,
+                ],
+                self.env,
+            )
+        write_connection(self.flwr_home, self.address)
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            self.processes.check_alive()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://{self.address}/health", timeout=1.0).is_success:
+                    return
+            time.sleep(0.3)
+        raise DeploymentError(f"the SuperLink did not answer within {self.start_timeout_s:.0f} s")
+
+    def run(self, app_dir: Path, run_config: dict[str, Any], timeout_s: float | None = None) -> str:
+        """``flwr run APP_DIR`` against this SuperLink, streaming the run's log until it ends; returns it.
+
+        ``run_config`` becomes a TOML file passed as ``--run-config`` (values with spaces or quotes travel
+        intact). Raises :class:`DeploymentError` if ``flwr run`` fails or a Flower process died.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        overrides = self.workdir / "run-config.toml"
+        overrides.write_text(tomli_w.dumps(run_config))
+        proc = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "flwr"),
+                "run",
+                str(Path(app_dir).resolve()),
+                CONNECTION,
+                "--stream",
+                "--run-config",
+                str(overrides),
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        output = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            raise DeploymentError(f"flwr run failed ({proc.returncode}):\n{output[-3000:]}")
+        self.processes.check_alive()
+        return output

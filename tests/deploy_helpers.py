@@ -1,0 +1,70 @@
+"""Helpers for the multi-process tests (Ray cluster, deployment mode): the in-process reference run and
+checks that a run's results equal it and that no process outlived the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import torch
+from simulate_helpers import LocalGrid
+
+from fedkey.config import FedkeyConfig, to_toml
+from fedkey.models.checkpoint import Checkpoint
+from fedkey.server.app import METRIC_KEYS, SimulationRun
+from fedkey.simulate import RunSettings, build_setup
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(config: FedkeyConfig, path: Path) -> Path:
+    path.write_text(to_toml(config))
+    return path
+
+
+def metrics(out: Path) -> list[dict]:
+    """The run's metric lines without wall time (which differs from run to run)."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(tuple(line) == METRIC_KEYS for line in lines)
+    return [{k: v for k, v in line.items() if k != "wall_time_s"} for line in lines]
+
+
+def reference_run(config: FedkeyConfig, data_dir: Path, out: Path) -> None:
+    """The same run in this process: the ServerApp loop with phone hosts called directly (no Flower runtime)."""
+    run = SimulationRun(RunSettings(config, data_dir, out, False, False), build_setup(config, data_dir))
+    run.prepare_outputs()
+    run.run(LocalGrid())
+
+
+def assert_same_result(out: Path, reference: Path) -> None:
+    """Same metrics (but wall time) and bit-identical final weights."""
+    assert metrics(out) == metrics(reference)
+    a = Checkpoint.load(out / "checkpoint.pt").model.named_tensors()
+    b = Checkpoint.load(reference / "checkpoint.pt").model.named_tensors()
+    for (name, x), (_, y) in zip(a, b, strict=True):
+        assert torch.equal(x, y), name
+
+
+def descendants(pids: list[int]) -> list[psutil.Process]:
+    """These processes and all their descendants that are alive now."""
+    found = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            found += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return found
+
+
+def assert_all_gone(procs: list[psutil.Process]) -> None:
+    """None of these processes runs any more (a reaped or zombie process counts as gone)."""
+    left = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.Error:
+            continue
+    assert not left, f"processes left running: {left}"
