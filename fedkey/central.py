@@ -127,7 +127,7 @@ def train_central(
         while step < total_steps and time.monotonic() < deadline:
             for index in length_bucketed_batches(seqs.lengths, cc.batch_size, rng):
                 inputs, targets, mask = _trimmed(seqs.take(index), device)
-                loss_sum, count = model.loss(inputs, targets, mask)
+                loss_sum, count = model.loss(inputs, targets, mask, cc.dropout)
                 for group in optimizer.param_groups:
                     group["lr"] = cc.lr * lr_factor(cc.lr_schedule, step, total_steps)
                 optimizer.zero_grad(set_to_none=True)

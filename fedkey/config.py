@@ -68,6 +68,7 @@ class CentralConfig(_Strict):
         "constant", description="learning rate over the run: constant, or cosine decay to 0 at the last step"
     )
     clip_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on input embeddings and projected outputs (0 = none)")
     eval_every: int = Field(500, ge=1, description="steps between evaluations on a held-out sample")
     eval_users: int = Field(60, ge=1, description="held-out users in the periodic evaluation sample")
     threads: int = Field(2, ge=1, description="torch intra-op threads")

@@ -86,12 +86,18 @@ def cell_step(params: dict[str, Tensor], x: Tensor, state: State) -> State:
     return h, c
 
 
-def hidden_states(params: dict[str, Tensor], tokens: Tensor, state: State) -> tuple[Tensor, State]:
+def hidden_states(
+    params: dict[str, Tensor], tokens: Tensor, state: State, dropout: float = 0.0
+) -> tuple[Tensor, State]:
     """Run the recurrence over tokens [B, T]; returns projected outputs [B, T, E] and the final state.
 
-    Uses `torch.unbind` rather than indexing so that traced graphs do not bake in the batch size.
+    `dropout` > 0 drops input embedding entries (server-side regularisation only: the exported graphs
+    are traced with 0, so they hold no dropout op). Uses `torch.unbind` rather than indexing so that
+    traced graphs do not bake in the batch size.
     """
     emb = params["embedding"][tokens]
+    if dropout > 0:
+        emb = torch.nn.functional.dropout(emb, dropout)
     outs = []
     for x in torch.unbind(emb, dim=1):
         state = cell_step(params, x, state)
@@ -174,9 +180,14 @@ class CifgLstm(nn.Module):
         state = cell_step(params, params["embedding"][token], state)
         return output_logits(params, state[0]), state
 
-    def loss(self, tokens: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """(sum of masked NLL, number of counted positions) for a batch of fixed-length sequences."""
+    def loss(self, tokens: Tensor, targets: Tensor, mask: Tensor, dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+        """(sum of masked NLL, number of counted positions) for a batch of fixed-length sequences.
+
+        `dropout` > 0 drops entries of the input embeddings and of the projected outputs before the tied
+        softmax (Zaremba et al. 2014; Press & Wolf 2017), the regulariser of the centralised baseline."""
         params = self.param_dict()
-        out, _ = hidden_states(params, tokens, self.init_state(tokens.shape[0]))
+        out, _ = hidden_states(params, tokens, self.init_state(tokens.shape[0]), dropout)
+        if dropout > 0:
+            out = torch.nn.functional.dropout(out, dropout)
         # chunking keeps the logits in a CPU core's cache; a GPU wants one large kernel instead
         return masked_nll(params, out, targets, mask, chunk=None if out.is_cuda else 256), mask.sum()

@@ -74,3 +74,16 @@ def test_gradient_check():
 
     inputs = tuple(t.detach().clone().requires_grad_(True) for t in model.param_dict().values())
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_dropout_is_off_by_default_and_regularises_when_on():
+    model = CifgLstm(ModelConfig(vocab_size=50, embed_dim=8, hidden_dim=12), seed=0)
+    tokens = torch.randint(4, 50, (6, 9), generator=torch.Generator().manual_seed(1))
+    targets, mask = tokens.roll(-1, 1), torch.ones(6, 9)
+    plain = model.loss(tokens, targets, mask)[0]
+    assert torch.equal(plain, model.loss(tokens, targets, mask, 0.0)[0])
+    torch.manual_seed(2)
+    dropped = model.loss(tokens, targets, mask, 0.5)[0]
+    torch.manual_seed(3)
+    assert dropped != plain
+    assert model.loss(tokens, targets, mask, 0.5)[0] != dropped  # a fresh mask each call
