@@ -3,9 +3,17 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo test test-python test-kotlin lint clean
+# apt-get needs root: sudo when not root already.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-install: $(STAMP)
+.PHONY: install browser demo test test-python test-kotlin lint clean
+
+install: $(STAMP) browser
+
+# Headless Chromium renders RUN/report.html in tests/test_report.py; installed (Debian) when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # Re-installs only when pyproject.toml changes; pip's cache keeps a re-install quick.
 $(STAMP): pyproject.toml

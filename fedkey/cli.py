@@ -26,9 +26,9 @@ app.add_typer(data_app, name="data")
 app.command("baseline")(baseline_command)
 app.command("train-central")(train_central_command)
 app.command("evaluate")(evaluate_command)
-from fedkey.cli_demo import demo_command  # noqa: E402
+from fedkey.cli_demo import EPILOG as DEMO_EPILOG, demo_command  # noqa: E402, I001
 
-app.command("demo")(demo_command)
+app.command("demo", epilog=DEMO_EPILOG)(demo_command)
 from fedkey.cli_export import export_command  # noqa: E402
 
 app.command("export")(export_command)

@@ -1,0 +1,143 @@
+"""RUN/report.html: content from a real run folder, `fedkey report`, and rendering in a real browser."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from simulate_helpers import TINY, LocalGrid, tiny_config
+from typer.testing import CliRunner
+
+from fedkey.cli import app
+from fedkey.report import REFERENCE, REPORT, write_report
+from fedkey.server.app import SimulationRun
+from fedkey.simulate import RunSettings, build_setup
+
+FEDKEY = str(Path(sys.executable).with_name("fedkey"))
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make install installs it)")
+
+# Records, after load, what a reader would see: every image decoded, the summary table's rows.
+CHECK_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  document.body.dataset.check = JSON.stringify({
+    images: images.length,
+    decoded: images.filter((i) => i.complete && i.naturalWidth > 0).length,
+    rows: document.querySelectorAll("table.summary tr").length,
+  });
+});
+</script>"""
+POISSON = ("simulate.sampling='poisson'", "simulate.poisson_rate=0.3")
+
+
+def simulate_in_process(prepared, out: Path, *overrides: str) -> Path:
+    """A short real run (ServerApp loop + phone-host ClientApp) through the in-process grid (no Ray)."""
+    config = tiny_config(*overrides)
+    run = SimulationRun(RunSettings(config, prepared.root, out, False, False), build_setup(config, prepared.root))
+    run.prepare_outputs()
+    run.run(LocalGrid())
+    return out
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+def assert_renders(report: Path, tmp_path: Path, images: int) -> None:
+    """Open the report from file:// in headless Chromium: images decode, the table is there, pixels drawn."""
+    page = report.read_text(encoding="utf-8")
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', page))
+    assert "<link" not in page and "<script" not in page  # nothing to fetch: the file stands alone
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
+    dom = chromium("--virtual-time-budget=5000", "--dump-dom", checked.as_uri(), profile=tmp_path / "p1").stdout
+    found = re.search(r'data-check="([^"]*)"', dom)
+    assert found, dom[-2000:]
+    check = json.loads(html.unescape(found.group(1)))
+    assert (check["images"], check["decoded"]) == (images, images)
+    assert check["rows"] >= 15
+
+    shot = tmp_path / "shot.png"
+    chromium("--window-size=1200,2400", f"--screenshot={shot}", report.as_uri(), profile=tmp_path / "p2")
+    pixels = imread(shot)[..., :3]
+    assert (pixels.min(axis=2) < 0.9).mean() > 0.02  # not blank: text and plots drawn
+    blue = np.array([31, 119, 180]) / 255  # matplotlib's first line colour: the plots are painted
+    assert (np.abs(pixels - blue).max(axis=2) < 0.05).sum() > 200
+
+
+@pytest.fixture(scope="module")
+def dp_run(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-round run with central DP and a reference baseline."""
+    out = simulate_in_process(
+        prepared, tmp_path_factory.mktemp("dp") / "run", *POISSON, "central_dp.noise_multiplier=0.5"
+    )
+    (out / REFERENCE).write_text(json.dumps({"name": "trigram", "recall@1": 0.2, "recall@3": 0.3}))
+    return out
+
+
+def test_report_of_a_dp_run_has_every_plot_and_the_summary(dp_run: Path):
+    page = write_report(dp_run).read_text()
+    final = json.loads((dp_run / "final.json").read_text())
+    assert page.count("<img") == 6  # recall x3, loss, ε, participation
+    assert "Privacy spent: central DP-FedAvg ε at δ = 1e-05" in page
+    assert f"{final['held_out_users']['recall@1']:.4f}" in page
+    assert "3 of 3 (stopped by rounds)" in page
+    assert "reference: trigram" in page
+    assert "top_k(fraction=0.1) → quantize(bits=4, chunk=512)" in page
+    participation = json.loads((dp_run / "participation.json").read_text())
+    assert f"{len(participation['counts'])} of {participation['phones']} phones reported" in page
+
+
+def test_report_without_dp_says_so(prepared, tmp_path: Path):
+    out = simulate_in_process(prepared, tmp_path / "run", "simulate.rounds=1")
+    page = write_report(out).read_text()
+    assert "no DP" in page and "Privacy spent" not in page
+    assert page.count("<img") == 5
+
+
+def test_report_command_regenerates_and_refuses_a_non_run_folder(prepared, tmp_path: Path):
+    out = simulate_in_process(prepared, tmp_path / "run", "simulate.rounds=1")
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / REPORT).is_file()
+    result = CliRunner().invoke(app, ["report", str(prepared.root)])
+    assert result.exit_code == 2
+    assert "is not a `fedkey simulate` run folder" in result.output
+
+
+@needs_chromium
+def test_report_renders_in_a_real_browser(dp_run: Path, tmp_path: Path):
+    assert_renders(write_report(dp_run), tmp_path, images=6)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_simulate_writes_the_report_at_the_end_of_a_run_and_of_a_resumed_run(prepared, tmp_path: Path):
+    out = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith("simulate.rounds")]
+    base = [FEDKEY, "simulate", "--data", str(prepared.root), "--out", str(out)]
+    for extra in (["--rounds", "1"], ["--rounds", "2", "--resume"]):
+        proc = subprocess.run(
+            [*base, *extra, *(a for o in overrides for a in ("--set", o))],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=os.environ | {"OMP_NUM_THREADS": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"report: {out / REPORT}" in proc.stderr
+        rounds = extra[1]
+        assert f"{rounds} of {rounds} (stopped by rounds)" in (out / REPORT).read_text()
+    assert_renders(out / REPORT, tmp_path, images=5)
