@@ -1,4 +1,4 @@
-"""`fedkey export`: write a checkpoint's on-device bundle (ONNX graphs, int8 predictor, weights, manifest)."""
+"""`fedkey export`: write a checkpoint's on-device bundle (ONNX graphs, int8 predictor, weights, lexicon, manifest)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from fedkey.models.bundle import export_bundle
 from fedkey.models.checkpoint import Checkpoint, CheckpointError
-from fedkey.models.manifest import BundleError
+from fedkey.models.manifest import BundleError, read_lexicon
 
 
 def export_command(
@@ -24,16 +24,25 @@ def export_command(
             "--reuse-graphs-from", help="earlier bundle: copy its training graphs if model shape and seq_len match"
         ),
     ] = None,
+    lexicon: Annotated[
+        Path | None,
+        typer.Option(
+            "--lexicon",
+            help="word list for whole-word suggestions, one normalised word per line (a prepared data folder's "
+            "lexicon.txt); default: the tokenizer's whole-word pieces",
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads used while exporting")] = 1,
 ) -> None:
     """Export CHECKPOINT as an on-device bundle: predict(.int8).onnx, train_step.onnx, local_update.onnx,
-    weights.bin, tokenizer.model and manifest.json."""
+    weights.bin, tokenizer.model, lexicon.txt and manifest.json."""
     import torch
 
     torch.set_num_threads(threads)
     try:
         ckpt = Checkpoint.load(checkpoint)
-        manifest = export_bundle(ckpt, out, overwrite=force, reuse_graphs_from=reuse_graphs_from)
+        words = read_lexicon(lexicon) if lexicon is not None else None
+        manifest = export_bundle(ckpt, out, overwrite=force, reuse_graphs_from=reuse_graphs_from, lexicon=words)
     except (CheckpointError, BundleError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc

@@ -1,16 +1,21 @@
-"""Write the on-device bundle for a checkpoint: ONNX graphs, flat weights, tokenizer and manifest.
+"""Write the on-device bundle for a checkpoint: ONNX graphs, flat weights, tokenizer, lexicon and manifest.
 
 The bundle is assembled in a temporary sibling directory, verified with ``load_bundle`` and only then
 moved into place, so a reader never sees a half-written bundle. The training graphs do not contain the
 weights; when a previous bundle of the same model shape is given (``reuse_graphs_from``), its
 ``train_step.onnx`` and ``local_update.onnx`` are copied instead of traced again (a federated run
 publishes one bundle per model version).
+
+``lexicon.txt`` is the word list of whole-word suggestions: the caller's (e.g. the prepared data folder's
+``lexicon.txt``) or, when none is given, every whole-word piece of the tokenizer (``tokenizer_lexicon``), which
+reveals nothing the tokenizer does not.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -19,6 +24,7 @@ from fedkey.models.checkpoint import Checkpoint
 from fedkey.models.manifest import (
     FORMAT_VERSION,
     GRAPH_FILES,
+    LEXICON_FILE,
     LOCAL_UPDATE_FILE,
     MANIFEST_FILE,
     PREDICT_FILE,
@@ -33,12 +39,18 @@ from fedkey.models.manifest import (
     TensorSpec,
     file_entry,
     flatten_params,
+    is_lexicon_word,
     load_bundle,
     param_layout,
+    write_lexicon,
     write_weights,
 )
-from fedkey.models.onnx_predict import build_predict, quantize_predict
+from fedkey.models.onnx_predict import INT8_SESSION_CONFIG, build_predict, quantize_predict
 from fedkey.models.onnx_train import OPSET, export_train_graphs
+from fedkey.models.tokenizer import WORD_START, Tokenizer
+
+# Session config entries each graph needs (docs/artifacts.md §2); graphs not listed need none.
+SESSION_CONFIG = {"predict_int8": INT8_SESSION_CONFIG}
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool"}
 
@@ -52,12 +64,21 @@ def _tensor_specs(values: list[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def graph_spec(path: Path) -> GraphSpec:
-    """Inputs and outputs of an ONNX file as recorded in the manifest."""
+def graph_spec(path: Path, session_config: Mapping[str, str] | None = None) -> GraphSpec:
+    """Inputs and outputs of an ONNX file, and the session config it needs, as recorded in the manifest."""
     model = onnx.load(path, load_external_data=False)
     return GraphSpec(
-        file=path.name, inputs=_tensor_specs(list(model.graph.input)), outputs=_tensor_specs(list(model.graph.output))
+        file=path.name,
+        inputs=_tensor_specs(list(model.graph.input)),
+        outputs=_tensor_specs(list(model.graph.output)),
+        session_config=dict(session_config or {}),
     )
+
+
+def tokenizer_lexicon(tokenizer: Tokenizer) -> list[str]:
+    """The words the tokenizer holds as single pieces (``▁word``), in piece-id order."""
+    pieces = [p for p, start in zip(tokenizer.pieces, tokenizer.word_start, strict=True) if start]
+    return list(dict.fromkeys(w for w in (p.removeprefix(WORD_START) for p in pieces) if is_lexicon_word(w)))
 
 
 def _reusable_train_graphs(source: Path, manifest: Manifest) -> bool:
@@ -74,12 +95,18 @@ def _reusable_train_graphs(source: Path, manifest: Manifest) -> bool:
 
 
 def export_bundle(
-    checkpoint: Checkpoint, out_dir: str | Path, *, overwrite: bool = False, reuse_graphs_from: str | Path | None = None
+    checkpoint: Checkpoint,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    reuse_graphs_from: str | Path | None = None,
+    lexicon: Sequence[str] | None = None,
 ) -> Manifest:
     """Write the bundle for `checkpoint` into `out_dir` and return its manifest.
 
     `out_dir` must not exist unless `overwrite` is set, in which case it must be an existing bundle or
-    an empty directory (nothing else is ever deleted).
+    an empty directory (nothing else is ever deleted). `lexicon` (normalised words, most useful first)
+    becomes lexicon.txt; None writes ``tokenizer_lexicon(checkpoint.tokenizer)``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -98,8 +125,10 @@ def export_bundle(
     try:
         write_weights(flatten_params(params, layout), tmp / WEIGHTS_FILE)
         checkpoint.tokenizer.save(tmp / TOKENIZER_FILE)
-        onnx.save(build_predict({n: p.detach() for n, p in params.items()}), tmp / PREDICT_FILE)
-        quantize_predict(tmp / PREDICT_FILE, tmp / PREDICT_INT8_FILE)
+        write_lexicon(tokenizer_lexicon(checkpoint.tokenizer) if lexicon is None else lexicon, tmp / LEXICON_FILE)
+        predict = build_predict({n: p.detach() for n, p in params.items()})
+        onnx.save(predict, tmp / PREDICT_FILE)
+        onnx.save(quantize_predict(predict), tmp / PREDICT_INT8_FILE)
         draft = Manifest(
             format_version=FORMAT_VERSION,
             model_version=checkpoint.model_version,
@@ -120,7 +149,7 @@ def export_bundle(
                 shutil.copyfile(Path(reuse_graphs_from) / name, tmp / name)
         else:
             export_train_graphs(config, checkpoint.seq_len, tmp / TRAIN_STEP_FILE, tmp / LOCAL_UPDATE_FILE)
-        graphs = {role: graph_spec(tmp / name) for role, name in GRAPH_FILES.items()}
+        graphs = {role: graph_spec(tmp / name, SESSION_CONFIG.get(role)) for role, name in GRAPH_FILES.items()}
         files = {
             name: file_entry(tmp / name)
             for name in (
@@ -130,6 +159,7 @@ def export_bundle(
                 LOCAL_UPDATE_FILE,
                 WEIGHTS_FILE,
                 TOKENIZER_FILE,
+                LEXICON_FILE,
             )
         }
         manifest = draft.model_copy(update={"graphs": graphs, "files": files})

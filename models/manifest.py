@@ -3,7 +3,8 @@
 A bundle is a directory holding the ONNX graphs, the flat weights, the tokenizer and ``manifest.json``
 (see ``docs/artifacts.md``). The manifest records the format and model versions, the parameter layout
 of ``weights.bin`` (name, shape, dtype, offset), the training sequence length, the special token ids,
-every graph's inputs and outputs, and the sha256 and size of every file.
+every graph's inputs, outputs and the ONNX Runtime session config entries it needs, the word list for
+whole-word suggestions (``lexicon.txt``), and the sha256 and size of every file.
 
 This module also holds the flat-weights helpers (``flatten_params`` / ``unflatten_weights``) and
 ``load_bundle``, which verifies a bundle and refuses a corrupted or mismatched one with ``BundleError``.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig
-from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, is_word, normalize
 
 FORMAT = "fedkey-bundle"
 FORMAT_VERSION = 1
@@ -34,6 +35,7 @@ PREDICT_FILE = "predict.onnx"
 PREDICT_INT8_FILE = "predict.int8.onnx"
 TRAIN_STEP_FILE = "train_step.onnx"
 LOCAL_UPDATE_FILE = "local_update.onnx"
+LEXICON_FILE = "lexicon.txt"
 GRAPH_FILES = {
     "predict": PREDICT_FILE,
     "predict_int8": PREDICT_INT8_FILE,
@@ -72,6 +74,9 @@ class GraphSpec(_Strict):
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    session_config: dict[str, str] = Field(
+        default_factory=dict, description="ONNX Runtime session config entries to set when loading this graph"
+    )
 
 
 class FileEntry(_Strict):
@@ -164,6 +169,40 @@ def read_weights(path: Path, layout: tuple[ParamSpec, ...]) -> np.ndarray:
     return flat
 
 
+def is_lexicon_word(word: str) -> bool:
+    """A word the suggestion strip can show: a normalised word (letters/digits with inner apostrophes)."""
+    return is_word(word) and normalize(word) == word
+
+
+def write_lexicon(words: Sequence[str], path: Path) -> None:
+    """Write the suggestion word list: UTF-8, one normalised word per line, each line ending in "\\n"."""
+    _check_lexicon(list(words), "lexicon")
+    path.write_bytes("".join(f"{w}\n" for w in words).encode("utf-8"))
+
+
+def read_lexicon(path: Path) -> list[str]:
+    """Read and check a word list written by `write_lexicon` (or a prepared data folder's lexicon.txt)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} cannot be read as UTF-8 text: {exc}") from exc
+    if not text.endswith("\n"):
+        raise BundleError(f"{path}: a lexicon has one word per line, each ending in a newline")
+    words = text[:-1].split("\n")
+    _check_lexicon(words, str(path))
+    return words
+
+
+def _check_lexicon(words: list[str], where: str) -> None:
+    if not words:
+        raise BundleError(f"{where} is empty")
+    for i, word in enumerate(words):
+        if not is_lexicon_word(word):
+            raise BundleError(f"{where}: line {i + 1} ({word!r}) is not a normalised word")
+    if len(set(words)) != len(words):
+        raise BundleError(f"{where} lists a word more than once")
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -194,13 +233,24 @@ class Bundle:
     def params(self) -> dict[str, np.ndarray]:
         return unflatten_weights(self.weights, self.manifest.parameters)
 
+    def session_config(self, role: str) -> dict[str, str]:
+        """The ONNX Runtime session config entries the manifest asks for when loading graph `role`."""
+        if role not in self.manifest.graphs:
+            raise BundleError(f"bundle {self.root} has no graph {role!r}")
+        return dict(self.manifest.graphs[role].session_config)
+
+    def lexicon(self) -> list[str] | None:
+        """The words the suggestion strip may show, most useful first; None for a bundle without lexicon.txt."""
+        return read_lexicon(self.root / LEXICON_FILE) if LEXICON_FILE in self.manifest.files else None
+
 
 def load_bundle(root: str | Path, expected_model_version: int | None = None) -> Bundle:
     """Read and verify a bundle directory.
 
     Checks the manifest's format and version, that the parameter layout matches the model shape,
     that every listed file exists with the recorded size and sha256, that the required files are
-    listed, and (if given) the model version. Raises BundleError naming the problem.
+    listed, that ``lexicon.txt`` (optional: older bundles lack it) is a valid word list, and (if given)
+    the model version. Raises BundleError naming the problem.
     """
     root = Path(root)
     manifest_path = root / MANIFEST_FILE
@@ -247,4 +297,6 @@ def load_bundle(root: str | Path, expected_model_version: int | None = None) -> 
         if sha256_file(path) != entry.sha256:
             raise BundleError(f"bundle {root}: {name} is corrupted or from another bundle (sha256 mismatch)")
     weights = read_weights(root / WEIGHTS_FILE, manifest.parameters)
+    if LEXICON_FILE in manifest.files:
+        read_lexicon(root / LEXICON_FILE)
     return Bundle(root=root, manifest=manifest, weights=weights)

@@ -13,6 +13,7 @@ reused across all phones of a simulation; ``TorchLocalUpdate`` is the reference.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -174,12 +175,12 @@ class TorchLocalUpdate:
 class OnnxLocalUpdate:
     """LocalUpdater through local_update.onnx; one InferenceSession shared by every phone it serves."""
 
-    def __init__(self, path: str | Path, intra_op_threads: int = 1):
-        self.session = make_session(path, intra_op_threads)
+    def __init__(self, path: str | Path, intra_op_threads: int = 1, session_config: Mapping[str, str] | None = None):
+        self.session = make_session(path, intra_op_threads, session_config)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, intra_op_threads: int = 1) -> OnnxLocalUpdate:
-        return cls(bundle.path("local_update"), intra_op_threads)
+        return cls(bundle.path("local_update"), intra_op_threads, bundle.session_config("local_update"))
 
     def __call__(
         self, weights: np.ndarray, batches: Batches, *, steps: int, lr: float, grad_clip: float, delta_clip: float

@@ -2,16 +2,20 @@
 
 ``predict.onnx`` is exported from the same ``cell_step`` / ``output_logits`` functions the model trains
 with, with the weights baked in as initializers and a dynamic batch. The LSTM state is explicit:
-the caller keeps (h, c) between key events and feeds it back, starting from zeros.
+the caller keeps (h, c) between key events and feeds it back, starting from zeros. The tied output layer
+is one ``Gemm(h, embedding, out_bias, transB=1)``, so the embedding is stored (and loaded) once.
 
-``predict.int8.onnx`` is the same graph after ONNX Runtime's dynamic quantization: the tied
-embedding is stored once as 8-bit (the ``Gather`` reads it directly, the output layer reads its
-``Transpose``), and the gate and projection matrices run as ``MatMulInteger``.
+``predict.int8.onnx`` is the same graph with weight-only int8: every weight matrix is stored as int8 with
+one fp32 scale per output channel (per row of the tied embedding, per column of the gate and projection
+matrices) and read through a ``DequantizeLinear``. With the session config entry
+``session.disable_quant_qdq = "1"`` (``INT8_SESSION_CONFIG``, recorded in the manifest) ONNX Runtime's
+constant folding dequantizes these once when the session is created, so a key event runs the fp32
+kernels; without it the runtime keeps the ``DequantizeLinear`` nodes and pays a dequantization per call.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +23,19 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import Tensor, nn
 
 from fedkey.models.cifg_lstm import PARAM_NAMES, cell_step, output_logits
+from fedkey.models.manifest import Bundle
 from fedkey.models.onnx_train import OPSET, quiet_exporter, strip_metadata
 
 PREDICT_INPUTS = ("token", "h", "c")
 PREDICT_OUTPUTS = ("logits", "h_out", "c_out")
+# Per weight matrix, the axis of its output channels: one int8 scale each.
+INT8_CHANNEL_AXES = {"embedding": 0, "w_x": 1, "w_h": 1, "w_proj": 1}
+# ORT's ConstantFolding skips DequantizeLinear unless QDQ handling is disabled; then the int8 weights are
+# dequantized once at session creation (constant_folding.cc, graph_transformer_utils.cc).
+INT8_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 
 class _PredictStep(nn.Module):
@@ -39,7 +48,7 @@ class _PredictStep(nn.Module):
 
     def forward(self, token: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         params = {name: getattr(self, name) for name in PARAM_NAMES}
-        # F.embedding exports as Gather, which the quantizer stores as 8-bit (indexing gives GatherND).
+        # F.embedding exports as Gather (indexing would give GatherND).
         h, c = cell_step(params, nn.functional.embedding(token, params["embedding"]), (h, c))
         return output_logits(params, h), h, c
 
@@ -64,7 +73,7 @@ def build_predict(params: dict[str, Tensor]) -> onnx.ModelProto:
     model = program.model_proto
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
-    _unfold_tied_transpose(model)
+    _tied_output_gemm(model)
     strip_metadata(model)
     for value in [*model.graph.input, *model.graph.output]:
         dim = value.type.tensor_type.shape.dim[0]
@@ -74,70 +83,108 @@ def build_predict(params: dict[str, Tensor]) -> onnx.ModelProto:
     return model
 
 
-class _DropMessage(logging.Filter):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
+def _tied_output_gemm(model: onnx.ModelProto) -> None:
+    """Replace the exported ``logits = h @ embedding.T + out_bias`` by ``Gemm(h, embedding, out_bias, transB=1)``.
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
-def _unfold_tied_transpose(model: onnx.ModelProto) -> None:
-    """For small models the exporter constant-folds embedding.T into a second initializer; put the
-    Transpose back so that the tied weights are stored (and quantized) once."""
+    The exporter writes ``embedding.T`` as a ``Transpose`` node, or for small models folds it into a second
+    initializer; either way ONNX Runtime would keep a transposed copy of the embedding. The Gemm reads the
+    tied embedding itself, so it is stored, quantized and loaded once.
+    """
     graph = model.graph
-    embedding = numpy_helper.to_array(next(t for t in graph.initializer if t.name == "embedding"))
+    producer = {out: node for node in graph.node for out in node.output}
+    expected = "predict graph: expected logits = Add(MatMul(h, embedding.T), out_bias) from the exporter"
+    add = producer.get("logits")
+    if add is None or add.op_type != "Add" or "out_bias" not in add.input:
+        raise ValueError(expected)
+    matmul = producer.get(next(i for i in add.input if i != "out_bias"))
+    if matmul is None or matmul.op_type != "MatMul":
+        raise ValueError(expected)
+    transposed = matmul.input[1]
+    inits = {t.name: t for t in graph.initializer}
+    if transposed in producer and producer[transposed].op_type == "Transpose":
+        if list(producer[transposed].input) != ["embedding"]:
+            raise ValueError(f"predict graph: the output layer reads {transposed!r}, not the tied embedding")
+        graph.node.remove(producer[transposed])
+    elif transposed in inits and np.array_equal(
+        numpy_helper.to_array(inits[transposed]), numpy_helper.to_array(inits["embedding"]).T
+    ):
+        graph.initializer.remove(inits[transposed])
+    else:
+        raise ValueError(f"predict graph: the output layer reads {transposed!r}, not the tied embedding")
+    gemm = helper.make_node("Gemm", [matmul.input[0], "embedding", "out_bias"], ["logits"], transB=1)
+    index = list(graph.node).index(matmul)
+    graph.node.remove(matmul)
+    graph.node.remove(add)
+    graph.node.insert(index, gemm)
+
+
+def quantize_predict(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Weight-only int8 copy of a predict graph: per-channel symmetric int8 + ``DequantizeLinear``.
+
+    Each matrix of ``INT8_CHANNEL_AXES`` becomes ``<name>_int8`` (values in [-127, 127]) and ``<name>_scale``
+    (max |w| / 127 per output channel; 1 for an all-zero channel); a ``DequantizeLinear`` at the top of
+    the graph recreates ``<name>``, so the rest of the graph is unchanged. Biases stay fp32.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    dequantize = []
     for init in list(graph.initializer):
-        if (
-            init.name != "embedding"
-            and tuple(init.dims) == embedding.shape[::-1]
-            and np.array_equal(numpy_helper.to_array(init), embedding.T)
-        ):
-            graph.initializer.remove(init)
-            # Right before its reader, after the Gather: the quantizer then reuses the 8-bit embedding.
-            first_reader = next(i for i, node in enumerate(graph.node) if init.name in node.input)
-            graph.node.insert(first_reader, helper.make_node("Transpose", ["embedding"], [init.name], perm=[1, 0]))
-
-
-def quantize_predict(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8 quantization of the predict graph (weights 8-bit, activations quantized per call)."""
-    root = logging.getLogger()
-    # The quantizer advises shape pre-processing; our graph is already fully shaped.
-    advice = _DropMessage("Please consider to run pre-processing")
-    root.addFilter(advice)
-    try:
-        quantize_dynamic(
-            fp32_path,
-            int8_path,
-            weight_type=QuantType.QInt8,
-            per_channel=False,
-            op_types_to_quantize=["MatMul", "Gather", "Transpose"],
+        axis = INT8_CHANNEL_AXES.get(init.name)
+        if axis is None:
+            continue
+        w = numpy_helper.to_array(init)
+        if w.ndim != 2:
+            raise ValueError(f"predict graph: {init.name} has shape {w.shape}; weight-only int8 expects a matrix")
+        scale = np.abs(w).max(axis=1 - axis) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        q = np.clip(np.rint(w / np.expand_dims(scale, 1 - axis)), -127, 127).astype(np.int8)
+        graph.initializer.remove(init)
+        graph.initializer.extend(
+            [numpy_helper.from_array(q, f"{init.name}_int8"), numpy_helper.from_array(scale, f"{init.name}_scale")]
         )
-    finally:
-        root.removeFilter(advice)
-    model = onnx.load(int8_path)
-    strip_metadata(model)
-    onnx.save(model, int8_path)
+        dequantize.append(
+            helper.make_node("DequantizeLinear", [f"{init.name}_int8", f"{init.name}_scale"], [init.name], axis=axis)
+        )
+    missing = set(INT8_CHANNEL_AXES) - {node.output[0] for node in dequantize}
+    if missing:
+        raise ValueError(f"predict graph has no initializers {sorted(missing)} to quantize")
+    nodes = dequantize + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out
 
 
-def make_session(path: str | Path, intra_op_threads: int = 1) -> ort.InferenceSession:
-    """A CPU InferenceSession; one intra-op thread is the keyboard / simulator setting."""
+def make_session(
+    path: str | Path, intra_op_threads: int = 1, config: Mapping[str, str] | None = None
+) -> ort.InferenceSession:
+    """A CPU InferenceSession with the graph's session config entries (the manifest's ``session_config``).
+
+    One intra-op thread is the keyboard / simulator setting.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxPredictor:
     """Runs predict.onnx / predict.int8.onnx one token per call, as a keyboard does."""
 
-    def __init__(self, path: str | Path, intra_op_threads: int = 1):
-        self.session = make_session(path, intra_op_threads)
+    def __init__(self, path: str | Path, intra_op_threads: int = 1, session_config: Mapping[str, str] | None = None):
+        self.session = make_session(path, intra_op_threads, session_config)
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.embed_dim = int(shapes["h"][1])
         self.hidden_dim = int(shapes["c"][1])
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, role: str = "predict_int8", intra_op_threads: int = 1) -> OnnxPredictor:
+        """The bundle's predict graph ("predict" or "predict_int8") with the session config its manifest asks for."""
+        return cls(bundle.path(role), intra_op_threads, bundle.session_config(role))
 
     def zero_state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         return (np.zeros((batch, self.embed_dim), np.float32), np.zeros((batch, self.hidden_dim), np.float32))

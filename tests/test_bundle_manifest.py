@@ -1,4 +1,5 @@
-"""Bundle manifest and loading: layout helpers, and refusal of corrupted or mismatched bundles."""
+"""Bundle manifest and loading: layout helpers, lexicon and session config, and refusal of corrupted or
+mismatched bundles."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import export_fixtures as fx
 import numpy as np
 import pytest
 
-from fedkey.models.bundle import export_bundle
+from fedkey.models.bundle import export_bundle, tokenizer_lexicon
 from fedkey.models.manifest import (
     FORMAT_VERSION,
     BundleError,
+    file_entry,
     flatten_params,
     load_bundle,
     param_layout,
+    read_lexicon,
     unflatten_weights,
 )
 
@@ -44,6 +47,7 @@ def test_manifest_describes_the_bundle() -> None:
         "local_update.onnx",
         "weights.bin",
         "tokenizer.model",
+        "lexicon.txt",
     }
     assert (fx.bundle_dir() / "tokenizer.model").read_bytes() == ckpt.tokenizer.serialized()
     assert [s.name for s in m.parameters] == ["embedding", "w_x", "w_h", "b", "w_proj", "out_bias"]
@@ -58,6 +62,12 @@ def test_manifest_describes_the_bundle() -> None:
         "delta_clip",
     ]
     assert m.graphs["train_step"].inputs[1].shape == ("batch", fx.SEQ_LEN)
+    assert {role: g.session_config for role, g in m.graphs.items()} == {
+        "predict": {},
+        "predict_int8": {"session.disable_quant_qdq": "1"},
+        "train_step": {},
+        "local_update": {},
+    }
     for name, tensor in bundle.params().items():
         np.testing.assert_array_equal(tensor, ckpt.model.params[name].detach().numpy())
 
@@ -75,7 +85,9 @@ def test_flat_weights_round_trip() -> None:
         flatten_params({}, layout)
 
 
-@pytest.mark.parametrize("name", ["weights.bin", "predict.int8.onnx", "local_update.onnx", "tokenizer.model"])
+@pytest.mark.parametrize(
+    "name", ["weights.bin", "predict.int8.onnx", "local_update.onnx", "tokenizer.model", "lexicon.txt"]
+)
 def test_corrupted_file_is_refused(copy: Path, name: str) -> None:
     data = bytearray((copy / name).read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -142,3 +154,64 @@ def test_export_refuses_to_overwrite(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="neither a bundle nor an empty directory"):
         export_bundle(fx.checkpoint(), target, overwrite=True)
     assert (target / "notes.txt").read_text() == "keep me"
+
+
+def test_default_lexicon_is_the_tokenizers_whole_words() -> None:
+    bundle = load_bundle(fx.bundle_dir())
+    words = bundle.lexicon()
+    assert words == tokenizer_lexicon(fx.tokenizer())
+    assert words and set(words) <= set(fx.WORDS)
+    # Exactly the format the Kotlin core reads: UTF-8, one word per line, each line ending in a newline.
+    assert (fx.bundle_dir() / "lexicon.txt").read_bytes() == "".join(f"{w}\n" for w in words).encode()
+
+
+def test_export_writes_the_given_lexicon(tmp_path: Path) -> None:
+    words = ["going", "café", "don't", "home", "2026"]
+    export_bundle(fx.checkpoint(), tmp_path / "b", reuse_graphs_from=fx.bundle_dir(), lexicon=words)
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.lexicon() == words
+    assert bundle.manifest.files["lexicon.txt"] == file_entry(tmp_path / "b" / "lexicon.txt")
+    assert read_lexicon(tmp_path / "b" / "lexicon.txt") == words
+
+
+@pytest.mark.parametrize(
+    ("words", "problem"),
+    [
+        (["home", "Home"], "'Home'.*not a normalised word"),
+        (["a b"], "not a normalised word"),
+        (["go", "go"], "more than once"),
+        ([], "empty"),
+        (["home", ","], r"^lexicon: line 2 \(','\) is not"),
+    ],
+)
+def test_export_refuses_a_bad_lexicon(tmp_path: Path, words: list[str], problem: str) -> None:
+    with pytest.raises(BundleError, match=problem):
+        export_bundle(fx.checkpoint(), tmp_path / "b", reuse_graphs_from=fx.bundle_dir(), lexicon=words)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_lexicon_with_valid_hash_but_bad_content_is_refused(copy: Path) -> None:
+    (copy / "lexicon.txt").write_bytes(b"home\nHello there\n")
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["files"]["lexicon.txt"] = file_entry(copy / "lexicon.txt").model_dump()
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"line 2 .* not a normalised word"):
+        load_bundle(copy)
+    (copy / "lexicon.txt").write_bytes(b"home\nnow")
+    raw["files"]["lexicon.txt"] = file_entry(copy / "lexicon.txt").model_dump()
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="each ending in a newline"):
+        load_bundle(copy)
+
+
+def test_older_manifest_without_lexicon_or_session_config_loads(copy: Path) -> None:
+    raw = json.loads((copy / "manifest.json").read_text())
+    del raw["files"]["lexicon.txt"]
+    for graph in raw["graphs"].values():
+        del graph["session_config"]
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    bundle = load_bundle(copy)
+    assert bundle.lexicon() is None
+    assert bundle.session_config("predict_int8") == {}
+    with pytest.raises(BundleError, match="no graph 'predict_fp16'"):
+        bundle.session_config("predict_fp16")

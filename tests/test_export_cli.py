@@ -41,6 +41,24 @@ def test_export_writes_a_loadable_bundle(tmp_path: Path) -> None:
     assert again.exit_code == 1 and "exists" in again.output
     forced = runner.invoke(app, [*args, "--force"])
     assert forced.exit_code == 0, forced.output
+    assert "lexicon.txt" in forced.output
+    assert load_bundle(out).lexicon() == reference.lexicon()
+
+
+def test_export_writes_the_given_lexicon_file(tmp_path: Path) -> None:
+    ckpt_path = tmp_path / "model.pt"
+    fx.checkpoint().save(ckpt_path)
+    words = tmp_path / "lexicon.txt"
+    words.write_text("home\ngoing\ntomorrow\n", encoding="utf-8")
+    base = ["export", "--checkpoint", str(ckpt_path), "--reuse-graphs-from", str(fx.bundle_dir())]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--lexicon", str(words)])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(tmp_path / "b").lexicon() == ["home", "going", "tomorrow"]
+
+    words.write_text("home\nGoing Home\n", encoding="utf-8")
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--lexicon", str(words)])
+    assert bad.exit_code == 1 and "line 2 ('Going Home') is not a normalised word" in bad.output
+    assert not (tmp_path / "c").exists()
 
 
 def test_export_reports_a_bad_checkpoint(tmp_path: Path) -> None:
@@ -54,6 +72,6 @@ def test_export_reports_a_bad_checkpoint(tmp_path: Path) -> None:
 def test_every_option_has_help() -> None:
     result = runner.invoke(app, ["export", "--help"])
     assert result.exit_code == 0
-    for option in ("--checkpoint", "--out", "--force", "--reuse-graphs-from", "--threads"):
+    for option in ("--checkpoint", "--out", "--force", "--reuse-graphs-from", "--lexicon", "--threads"):
         assert option in result.output
     assert "checkpoint file" in result.output and "training graphs" in result.output

@@ -1,15 +1,20 @@
-"""predict.onnx / predict.int8.onnx against the torch model: logits, state, token-by-token, int8 top-1."""
+"""predict.onnx / predict.int8.onnx against the torch model: logits, state, token-by-token; int8 weight-only
+quantization, its load-time dequantization (the manifest's session config) and top-1 agreement."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import export_fixtures as fx
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 
 from fedkey.models.manifest import load_bundle
-from fedkey.models.onnx_predict import OnnxPredictor
+from fedkey.models.onnx_predict import INT8_CHANNEL_AXES, INT8_SESSION_CONFIG, OnnxPredictor
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +67,74 @@ def test_dynamic_batch_rows_are_independent(bundle, tokens) -> None:
 
 
 def test_int8_agrees_on_top1(bundle, tokens) -> None:
-    fp32 = OnnxPredictor(bundle.path("predict")).run_sequences(tokens)
-    int8 = OnnxPredictor(bundle.path("predict_int8")).run_sequences(tokens)
+    fp32 = OnnxPredictor.from_bundle(bundle, "predict").run_sequences(tokens)
+    int8 = OnnxPredictor.from_bundle(bundle, "predict_int8").run_sequences(tokens)
     agreement = float((fp32.argmax(-1) == int8.argmax(-1)).mean())
     assert agreement >= 0.9, agreement
     assert bundle.path("predict_int8").stat().st_size < bundle.path("predict").stat().st_size
 
 
+def dequantized_params(path: Path) -> dict[str, torch.Tensor]:
+    """The weights predict.int8.onnx computes with: int8 values times their per-channel scales."""
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    params = {name: inits[name] for name in ("b", "out_bias")}
+    for name, axis in INT8_CHANNEL_AXES.items():
+        params[name] = inits[f"{name}_int8"].astype(np.float32) * np.expand_dims(inits[f"{name}_scale"], 1 - axis)
+    return {name: torch.tensor(value) for name, value in params.items()}
+
+
+def test_int8_is_per_channel_weight_only_quantization(bundle) -> None:
+    """Each matrix is int8 with one scale per output channel, within half a step of the fp32 weights."""
+    fp32 = bundle.params()
+    deq = dequantized_params(bundle.path("predict_int8"))
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(bundle.path("predict_int8")).graph.initializer}
+    for name, axis in INT8_CHANNEL_AXES.items():
+        assert inits[f"{name}_int8"].dtype == np.int8 and name not in inits
+        scale = np.expand_dims(inits[f"{name}_scale"], 1 - axis)
+        assert inits[f"{name}_scale"].shape == (fp32[name].shape[axis],)
+        assert np.all(np.abs(deq[name].numpy() - fp32[name]) <= scale / 2 + 1e-7), name
+
+
+def test_int8_logits_are_the_fp32_step_on_dequantized_weights(bundle, tokens) -> None:
+    """With the manifest's session config, the int8 graph computes in fp32 on weights dequantized once."""
+    model = fx.checkpoint().model
+    with torch.no_grad():
+        for name, value in dequantized_params(bundle.path("predict_int8")).items():
+            model.params[name].copy_(value)
+        expected, _ = model(torch.from_numpy(tokens))
+    got = OnnxPredictor.from_bundle(bundle, "predict_int8").run_sequences(tokens)
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def optimized_ops(path: Path, config: dict[str, str], out: Path) -> list[str]:
+    """Op types of the graph ONNX Runtime runs after its load-time optimisations."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(out)
+    options.log_severity_level = 3  # the serializer warns that the file is hardware specific
+    for key, value in config.items():
+        options.add_session_config_entry(key, value)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(out).graph.node]
+
+
+def test_session_config_dequantizes_the_weights_once_at_load(bundle, tmp_path: Path) -> None:
+    assert bundle.session_config("predict_int8") == INT8_SESSION_CONFIG == {"session.disable_quant_qdq": "1"}
+    path = bundle.path("predict_int8")
+    folded = optimized_ops(path, bundle.session_config("predict_int8"), tmp_path / "folded.onnx")
+    assert "DequantizeLinear" not in folded and "MatMulNBits" not in folded, folded
+    # Without the entry the runtime keeps dequantizing (or fuses into 8-bit kernels) on every call.
+    assert "DequantizeLinear" in optimized_ops(path, {}, tmp_path / "plain.onnx")
+
+
 def test_tied_embedding_is_stored_once(bundle) -> None:
-    """Small models make the exporter fold embedding.T into a second initializer; the bundle must not."""
+    """Small models make the exporter fold embedding.T into a second initializer; the bundle must not,
+    and the output layer reads the embedding itself (Gemm transB) rather than a transposed copy."""
     vocab, embed = bundle.manifest.model.vocab_size, bundle.manifest.model.embed_dim
     for role in ("predict", "predict_int8"):
         model = onnx.load(bundle.path(role))
         sizes = [int(np.prod(t.dims)) for t in model.graph.initializer]
         assert sizes.count(vocab * embed) == 1, role
+        ops = [node.op_type for node in model.graph.node]
+        assert "Transpose" not in ops, role
+        gemm = next(node for node in model.graph.node if node.op_type == "Gemm")
+        assert list(gemm.input[1:]) == ["embedding", "out_bias"] and list(gemm.output) == ["logits"], role
