@@ -6,7 +6,9 @@ side by side:
 
     file sizes            predict.onnx / predict.int8.onnx / train graphs / weights.bin
     int8 vs fp32          top-1 agreement and next-piece accuracy on held-out users' chitchat messages
-    prediction latency    one token per call, batch 1, p50/p95 (fp32 and int8)
+    prediction latency    one token per call, batch 1, p50/p95 (fp32 and int8), each session created with the
+                          manifest's session config; peak RSS growth of creating the session and predicting
+                          (in a fresh process)
     train step            train_step.onnx vs the same step in torch eager (autograd module loss and the
                           torch.func step the graph is traced from), same batch; peak RSS growth
     local update          local_update.onnx (K steps, delta clipped) vs the torch reference
@@ -24,10 +26,12 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import multiprocessing
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +42,7 @@ import torch
 from fedkey.models.bundle import export_bundle
 from fedkey.models.checkpoint import Checkpoint
 from fedkey.models.cifg_lstm import CifgLstm, ModelConfig
-from fedkey.models.manifest import load_bundle
+from fedkey.models.manifest import Bundle, load_bundle
 from fedkey.models.onnx_local_update import Batches, local_update_onnx, local_update_torch
 from fedkey.models.onnx_predict import OnnxPredictor, make_session
 from fedkey.models.onnx_train import sgd_step
@@ -175,29 +179,45 @@ def interleaved_median_ms(fns: dict[str, Callable[[], object]], reps: int) -> di
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
-def agreement(bundle_dir: Path, held: tuple[np.ndarray, ...]) -> tuple[float, float, float]:
+def agreement(bundle: Bundle, held: tuple[np.ndarray, ...]) -> tuple[float, float, float]:
     """(int8-vs-fp32 top-1 agreement, fp32 accuracy, int8 accuracy) over the masked positions."""
     inputs, targets, mask = held
-    fp32 = OnnxPredictor(bundle_dir / "predict.onnx").run_sequences(inputs).argmax(-1)
-    int8 = OnnxPredictor(bundle_dir / "predict.int8.onnx").run_sequences(inputs).argmax(-1)
+    fp32 = OnnxPredictor.from_bundle(bundle, "predict").run_sequences(inputs).argmax(-1)
+    int8 = OnnxPredictor.from_bundle(bundle, "predict_int8").run_sequences(inputs).argmax(-1)
     on = mask > 0
     return (float((fp32 == int8)[on].mean()), float((fp32 == targets)[on].mean()), float((int8 == targets)[on].mean()))
 
 
-def token_latency(path: Path, tokens: np.ndarray) -> tuple[float, float]:
-    """p50 and p95 milliseconds of one keyboard event (batch 1, state carried) on one thread."""
-    predictor = OnnxPredictor(path, intra_op_threads=1)
+def keyboard_events(predictor: OnnxPredictor, tokens: np.ndarray) -> list[float]:
+    """Feed tokens one key event at a time (batch 1, state carried); seconds per event."""
     state = predictor.zero_state(1)
     times = []
-    for i, token in enumerate(tokens):
+    for token in tokens:
         if token == BOS_ID:  # a new message: the keyboard starts from the zero state
             state = predictor.zero_state(1)
         t0 = time.perf_counter()
         _, state = predictor.step(np.array([token], np.int64), state)
-        if i >= 20:  # skip warm-up
-            times.append(time.perf_counter() - t0)
-    ms = 1000 * np.array(times)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def token_latency(bundle: Bundle, role: str, tokens: np.ndarray) -> tuple[float, float]:
+    """p50 and p95 milliseconds of one keyboard event on one thread."""
+    ms = 1000 * np.array(keyboard_events(OnnxPredictor.from_bundle(bundle, role, intra_op_threads=1), tokens)[20:])
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def _session_growth_mb(bundle_dir: Path, role: str, tokens: np.ndarray) -> float:
+    with PeakRss() as mem:
+        keyboard_events(OnnxPredictor.from_bundle(load_bundle(bundle_dir), role, intra_op_threads=1), tokens)
+    return mem.growth_mb
+
+
+def session_memory_mb(bundle_dir: Path, role: str, tokens: np.ndarray) -> float:
+    """Peak RSS growth of creating the predict session and running the events, in a fresh process (a
+    session created after others would reuse their freed heap)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_session_growth_mb, bundle_dir, role, tokens).result()
 
 
 def bench_preset(
@@ -213,10 +233,11 @@ def bench_preset(
     export_s = time.perf_counter() - t0
     bundle = load_bundle(out)
     size = {name: e.size / MB for name, e in bundle.manifest.files.items()}
-    top1, acc32, acc8 = agreement(out, held)
+    top1, acc32, acc8 = agreement(bundle, held)
     stream = held[0][held[2] > 0][: s.latency_tokens]
-    p50_32, p95_32 = token_latency(out / "predict.onnx", stream)
-    p50_8, p95_8 = token_latency(out / "predict.int8.onnx", stream)
+    p50_32, p95_32 = token_latency(bundle, "predict", stream)
+    p50_8, p95_8 = token_latency(bundle, "predict_int8", stream)
+    mem_32, mem_8 = (session_memory_mb(out, role, stream[:100]) for role in ("predict", "predict_int8"))
 
     batch = tuple(a[: s.step_batch] for a in train_rows)
     feeds = {
@@ -283,8 +304,9 @@ def bench_preset(
         f"({int((held[2] > 0).sum()):,} positions)"
     )
     print(
-        f"  per token, 1 thread: fp32 p50 {p50_32:.3f} ms p95 {p95_32:.3f} ms | "
-        f"int8 p50 {p50_8:.3f} ms p95 {p95_8:.3f} ms"
+        f"  per token, 1 thread: fp32 p50 {p50_32:.3f} ms p95 {p95_32:.3f} ms (session peak RSS +{mem_32:.1f} MB) | "
+        f"int8 p50 {p50_8:.3f} ms p95 {p95_8:.3f} ms (+{mem_8:.1f} MB; session config "
+        f"{bundle.session_config('predict_int8')})"
     )
     print(
         f"  train step, batch {s.step_batch}x{bundle.manifest.seq_len}, 1 thread: onnx {onnx_ms:.2f} ms "

@@ -5,8 +5,9 @@
 Writes OUT/bundle/ (a real bundle made by `fedkey.models.bundle.export_bundle` from a small random model and
 a SentencePiece tokenizer trained on synthetic sentences; no corpus text) and OUT/expected.json with what the
 Kotlin tests compare against: normalisation and piece ids of test sentences, predict logits and state (fp32
-and int8 graphs), whole-word suggestions of the Python beam search, training rows, a local update's delta,
-losses and norm, and the wire-format encoding of that delta.
+and int8 graphs, each with its manifest session config), the bundle's lexicon and whole-word suggestions of the
+Python beam search, training rows, a local update's delta, losses and norm, and the wire-format encoding of
+that delta.
 
 Regeneration is skipped when OUT/expected.json was made from the same sources (this script and the Python
 modules it calls), so `make test-kotlin` stays quick.
@@ -123,7 +124,8 @@ def build(out: Path) -> None:
         model.params["embedding"].mul_(4.0)  # sharper distributions: fewer near-ties in the suggestion test
     checkpoint = Checkpoint(model, tok, seq_len=SEQ_LEN, model_version=7, meta={"fixture": True})
     bundle_dir = out / "bundle"
-    export_bundle(checkpoint, bundle_dir, overwrite=True)
+    lexicon = sorted({normalize(w) for w in WORDS})  # the bundle's lexicon.txt
+    export_bundle(checkpoint, bundle_dir, overwrite=True, lexicon=lexicon)
     bundle = load_bundle(bundle_dir)
 
     expected: dict = {"source_digest": source_digest(), "seq_len": SEQ_LEN, "model_version": 7}
@@ -141,7 +143,7 @@ def build(out: Path) -> None:
     tokens = [BOS_ID, *tok.encode(normalize(message))]
     predict = {"message": message, "tokens": tokens}
     for role in ("predict", "predict_int8"):
-        predictor = OnnxPredictor(bundle.path(role))
+        predictor = OnnxPredictor.from_bundle(bundle, role)
         state = predictor.zero_state(1)
         logits_all = []
         for t in tokens:
@@ -150,8 +152,7 @@ def build(out: Path) -> None:
         predict[role] = {"logits": logits_all, "h": floats(state[0][0]), "c": floats(state[1][0])}
     expected["predict"] = predict
 
-    # Whole-word suggestions (Python beam search over pieces, lexicon = the synthetic vocabulary).
-    lexicon = sorted({normalize(w) for w in WORDS})
+    # Whole-word suggestions (Python beam search over pieces, lexicon = the bundle's: the synthetic vocabulary).
     suggester = LstmSuggester(model, tok, lexicon)
     contexts = ["i am going home now", "see you tomorrow at noon", "what do you want to eat"]
     expected["suggest"] = {

@@ -36,7 +36,17 @@ data class ParamSpec(val name: String, val shape: List<Int>, val offset: Long, v
 /** An ONNX graph input/output as the manifest lists it; a dimension is an Int (fixed) or a String (dynamic). */
 data class TensorSpec(val name: String, val dtype: String, val shape: List<Any>)
 
-data class GraphSpec(val file: String, val inputs: List<TensorSpec>, val outputs: List<TensorSpec>)
+/**
+ * A graph of the bundle: its file, inputs and outputs, and the ONNX Runtime session config entries to set when
+ * loading it (`OrtSession.SessionOptions.addConfigEntry`; e.g. `session.disable_quant_qdq = "1"` for the int8
+ * predictor, which makes the runtime dequantize its int8 weights once at load instead of on every key event).
+ */
+data class GraphSpec(
+    val file: String,
+    val inputs: List<TensorSpec>,
+    val outputs: List<TensorSpec>,
+    val sessionConfig: Map<String, String> = emptyMap(),
+)
 
 data class FileEntry(val sha256: String, val size: Long)
 
@@ -69,6 +79,7 @@ class Manifest(
         )
         const val WEIGHTS_FILE = "weights.bin"
         const val TOKENIZER_FILE = "tokenizer.model"
+        const val LEXICON_FILE = "lexicon.txt"
         const val MANIFEST_FILE = "manifest.json"
         private val SHA256 = Regex("^[0-9a-f]{64}$")
 
@@ -104,7 +115,10 @@ class Manifest(
                         val s = t.asObject("tensor")
                         TensorSpec(s.str("name"), s.str("dtype"), s.list("shape").map { d -> if (d is Long) d.toInt() else d as String })
                     }
-                    GraphSpec(o.str("file"), specs("inputs"), specs("outputs"))
+                    // Optional: manifests written before it existed have none.
+                    val config = (o["session_config"] ?: emptyMap<String, Any?>()).asObject("session_config")
+                        .mapValues { (key, v) -> v as? String ?: throw IllegalArgumentException("session_config.$key must be a string") }
+                    GraphSpec(o.str("file"), specs("inputs"), specs("outputs"), config)
                 }
                 val files = m.obj("files").mapValues { (name, f) ->
                     val o = f.asObject("file entry")
@@ -182,12 +196,20 @@ class Bundle private constructor(val root: File, val manifest: Manifest) {
     fun tokenizer(): Tokenizer = Tokenizer.load(file(Manifest.TOKENIZER_FILE).readBytes())
 
     /**
-     * Optional word list for suggestions: `lexicon.txt` (one word per line, UTF-8) when the manifest lists it.
-     * The format-1 exporter does not write one; a server may add it (listed in `files` with its sha256).
+     * The word list for whole-word suggestions, in file order: `lexicon.txt` (UTF-8, one normalised word per line),
+     * which every fedkey exporter writes and [load] verifies like every listed file; null for an older bundle
+     * whose manifest does not list it (then any normalised word may be suggested).
      */
     fun lexicon(): Set<String>? =
-        if ("lexicon.txt" in manifest.files) file("lexicon.txt").readLines(Charsets.UTF_8).map { it.trim() }.filter { it.isNotEmpty() }.toSet()
-        else null
+        if (Manifest.LEXICON_FILE in manifest.files) {
+            file(Manifest.LEXICON_FILE).readLines(Charsets.UTF_8).map { it.trim() }.filter { it.isNotEmpty() }.toSet()
+        } else {
+            null
+        }
+
+    /** The session config entries the manifest asks for when loading graph [role] (empty if none). */
+    fun sessionConfig(role: String): Map<String, String> =
+        manifest.graphs[role]?.sessionConfig ?: throw BundleException.MissingFile(role, "bundle $root has no graph '$role'")
 
     companion object {
         /** Read and verify a bundle folder; throws [BundleException]. */

@@ -3,7 +3,6 @@ package fedkey.client
 import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OrtEnvironment
 import ai.onnxruntime.OrtSession
-import java.io.File
 import java.nio.FloatBuffer
 import java.nio.LongBuffer
 
@@ -11,15 +10,20 @@ import java.nio.LongBuffer
 internal object Onnx {
     val env: OrtEnvironment get() = OrtEnvironment.getEnvironment()
 
-    /** A CPU session with one intra-op thread (the phone setting of docs/artifacts.md §7). */
-    fun session(file: File, threads: Int = 1): OrtSession {
+    /** CPU session options: [threads] intra-op threads (one on a phone, docs/artifacts.md §7) and [config] entries. */
+    fun options(threads: Int = 1, config: Map<String, String> = emptyMap()): OrtSession.SessionOptions {
         val options = OrtSession.SessionOptions()
         options.setIntraOpNumThreads(threads)
         options.setInterOpNumThreads(1)
         options.setExecutionMode(OrtSession.SessionOptions.ExecutionMode.SEQUENTIAL)
         options.setOptimizationLevel(OrtSession.SessionOptions.OptLevel.ALL_OPT)
-        return env.createSession(file.absolutePath, options)
+        for ((key, value) in config) options.addConfigEntry(key, value)
+        return options
     }
+
+    /** A session for graph [role] of [bundle] with the session config its manifest records. */
+    fun session(bundle: Bundle, role: String, threads: Int = 1): OrtSession =
+        options(threads, bundle.sessionConfig(role)).use { env.createSession(bundle.file(role).absolutePath, it) }
 
     fun longs(values: LongArray, shape: LongArray): OnnxTensor = OnnxTensor.createTensor(env, LongBuffer.wrap(values), shape)
     fun floats(values: FloatArray, shape: LongArray): OnnxTensor = OnnxTensor.createTensor(env, FloatBuffer.wrap(values), shape)

@@ -39,7 +39,7 @@ class Predictor @JvmOverloads constructor(
     val tokenizer: Tokenizer = bundle.tokenizer(),
 ) : AutoCloseable {
     private val manifest = bundle.manifest
-    private val session: OrtSession = Onnx.session(bundle.file(if (quantized) "predict_int8" else "predict"))
+    private val session: OrtSession = Onnx.session(bundle, if (quantized) "predict_int8" else "predict")
     val embedDim: Int = manifest.embedDim
     val hiddenDim: Int = manifest.hiddenDim
     val vocabSize: Int = manifest.vocabSize

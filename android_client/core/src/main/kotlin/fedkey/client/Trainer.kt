@@ -30,8 +30,8 @@ class Trainer @JvmOverloads constructor(
     val tokenizer: Tokenizer = bundle.tokenizer(),
 ) : AutoCloseable {
     private val manifest = bundle.manifest
-    private val localUpdateLazy = lazy { Onnx.session(bundle.file("local_update")) }
-    private val trainStepLazy = lazy { Onnx.session(bundle.file("train_step")) }
+    private val localUpdateLazy = lazy { Onnx.session(bundle, "local_update") }
+    private val trainStepLazy = lazy { Onnx.session(bundle, "train_step") }
     private val localUpdate: OrtSession by localUpdateLazy
     private val trainStep: OrtSession by trainStepLazy
     val seqLen: Int = manifest.seqLen

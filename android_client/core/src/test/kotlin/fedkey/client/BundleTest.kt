@@ -1,5 +1,6 @@
 package fedkey.client
 
+import ai.onnxruntime.OrtLoggingLevel
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
@@ -30,6 +31,53 @@ class BundleTest {
         assertEquals(listOf("token", "h", "c"), m.graphs.getValue("predict").inputs.map { it.name })
         assertEquals(listOf("batch", m.embedDim), m.graphs.getValue("predict").inputs[1].shape)
         Bundle.load(TestPaths.bundle, expectedModelVersion = 7)
+    }
+
+    @Test
+    fun `reads the exported lexicon and session config`() {
+        val bundle = Fixtures.bundle()
+        val expected = Fixtures.expected()["suggest"].asObject("suggest")["lexicon"] as List<*>
+        assertEquals(expected, bundle.lexicon()!!.toList(), "lexicon.txt as Python exported it, in order")
+        assertTrue(Manifest.LEXICON_FILE in bundle.manifest.files)
+        assertEquals(mapOf("session.disable_quant_qdq" to "1"), bundle.sessionConfig("predict_int8"))
+        for (role in listOf("predict", "train_step", "local_update")) assertEquals(emptyMap<String, String>(), bundle.sessionConfig(role))
+    }
+
+    @Test
+    fun `session config makes the runtime dequantize int8 weights once at load`() {
+        val bundle = Fixtures.bundle()
+        fun optimizedGraph(config: Map<String, String>): String {
+            val out = File(tmp, "optimized-${config.size}.onnx")
+            Onnx.options(1, config).use { options ->
+                options.setOptimizedModelFilePath(out.absolutePath)
+                options.setSessionLogLevel(OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR) // not the "hardware specific" warning
+                Onnx.env.createSession(bundle.file("predict_int8").absolutePath, options).close()
+            }
+            return out.readBytes().toString(Charsets.ISO_8859_1)
+        }
+        assertTrue("DequantizeLinear" !in optimizedGraph(bundle.sessionConfig("predict_int8")), "folded at load")
+        assertTrue("DequantizeLinear" in optimizedGraph(emptyMap()), "without the entry the runtime dequantizes per call")
+    }
+
+    @Test
+    fun `refuses a corrupted lexicon`() {
+        val dir = copyBundle()
+        File(dir, "lexicon.txt").appendText("extra\n")
+        assertEquals("lexicon.txt", assertThrows<BundleException.CorruptedFile> { Bundle.load(dir) }.file)
+    }
+
+    @Test
+    fun `reads an older manifest without lexicon and session config`() {
+        val dir = copyBundle()
+        val manifest = File(dir, "manifest.json")
+        val text = manifest.readText()
+            .replace(Regex(",\\s*\"session_config\": \\{[^}]*\\}"), "")
+            .replace(Regex(",\\s*\"lexicon.txt\": \\{[^}]*\\}"), "")
+        assertTrue("session_config" !in text && "lexicon.txt" !in text)
+        manifest.writeText(text)
+        val bundle = Bundle.load(dir)
+        assertEquals(null, bundle.lexicon())
+        assertEquals(emptyMap<String, String>(), bundle.sessionConfig("predict_int8"))
     }
 
     @Test

@@ -37,10 +37,9 @@ class PredictorParityTest {
     @Test
     fun `whole-word suggestions equal the Python beam search`() {
         val s = Fixtures.expected()["suggest"].asObject("suggest")
-        @Suppress("UNCHECKED_CAST")
-        val lexicon = (s["lexicon"] as List<String>).toSet()
         val k = (s["k"] as Long).toInt()
-        Predictor(Fixtures.bundle(), quantized = false, lexicon = lexicon).use { p ->
+        Predictor(Fixtures.bundle(), quantized = false).use { p ->
+            assertEquals(s["lexicon"], p.lexicon?.toList(), "the Predictor uses the bundle's lexicon.txt by default")
             val ctx = p.newContext()
             for (c in s["cases"] as List<*>) {
                 val case = c.asObject("case")
