@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig, hidden_states
+from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig
 from fedkey.models.onnx_local_update import Batches, LocalUpdateError
 from fedkey.models.onnx_train import clip_scale
 
@@ -60,6 +60,65 @@ def group_size(config: ModelConfig, batch_size: int, seq_len: int, budget_bytes:
     assert c.hidden_dim is not None
     per_phone = 4 * (3 * c.num_parameters() + 8 * batch_size * seq_len * c.hidden_dim)
     return max(1, budget_bytes // per_phone)
+
+
+class _Recurrence(torch.autograd.Function):
+    """The CIFG recurrence of ``models.cifg_lstm.cell_step`` over stacked phones, with a hand-written backward.
+
+    Input ``xw`` [P, T, B, 3H] is the input projection ``x @ w_x + b`` of every step, computed outside
+    in one matmul; per step only the recurrent products remain (``h @ w_h``, ``u @ w_proj``). The
+    backward runs the steps in reverse for the state gradients and then computes the weight gradients
+    of all steps in one batched matmul each, instead of two small matmuls per step.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xw: Tensor, w_h: Tensor, w_proj: Tensor) -> Tensor:  # type: ignore[override]
+        phones, steps, batch = xw.shape[:3]
+        hidden, embed = w_proj.shape[1], w_proj.shape[2]
+        hs = xw.new_zeros(phones, steps + 1, batch, embed)  # hs[:, t] = h before step t
+        cs = xw.new_zeros(phones, steps + 1, batch, hidden)
+        f_all, g_all, o_all, tc_all = (xw.new_empty(phones, steps, batch, hidden) for _ in range(4))
+        u_all = xw.new_empty(phones, steps, batch, hidden)
+        for t in range(steps):
+            gates = torch.baddbmm(xw[:, t], hs[:, t], w_h)
+            f = torch.sigmoid(gates[..., :hidden], out=f_all[:, t])
+            g = torch.tanh(gates[..., hidden : 2 * hidden], out=g_all[:, t])
+            o = torch.sigmoid(gates[..., 2 * hidden :], out=o_all[:, t])
+            c = torch.addcmul(g, f, cs[:, t] - g, out=cs[:, t + 1])  # f * c + (1 - f) * g
+            u = torch.mul(o, torch.tanh(c, out=tc_all[:, t]), out=u_all[:, t])
+            torch.bmm(u, w_proj, out=hs[:, t + 1])
+        ctx.save_for_backward(w_h, w_proj, hs, cs, f_all, g_all, o_all, tc_all, u_all)
+        return hs[:, 1:]
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        w_h, w_proj, hs, cs, f_all, g_all, o_all, tc_all, u_all = ctx.saved_tensors
+        phones, steps, batch, hidden = f_all.shape
+        embed = w_proj.shape[2]
+        grad_gates = grad_out.new_empty(phones, steps, batch, 3 * hidden)
+        grad_h_all = grad_out.new_empty(phones, steps, batch, embed)
+        w_h_t, w_proj_t = w_h.transpose(1, 2), w_proj.transpose(1, 2)
+        grad_h = grad_out.new_zeros(phones, batch, embed)
+        grad_c = grad_out.new_zeros(phones, batch, hidden)
+        for t in reversed(range(steps)):
+            f, g, o, tc = f_all[:, t], g_all[:, t], o_all[:, t], tc_all[:, t]
+            grad_h = torch.add(grad_out[:, t], grad_h, out=grad_h_all[:, t])
+            grad_u = torch.bmm(grad_h, w_proj_t)
+            grad_c = grad_c + grad_u * o * (1 - tc * tc)
+            gg = grad_gates[:, t]
+            torch.mul(grad_c * (cs[:, t] - g), f * (1 - f), out=gg[..., :hidden])
+            torch.mul(grad_c * (1 - f), 1 - g * g, out=gg[..., hidden : 2 * hidden])
+            torch.mul(grad_u * tc, o * (1 - o), out=gg[..., 2 * hidden :])
+            grad_c = grad_c * f
+            grad_h = torch.bmm(gg, w_h_t)
+        rows = steps * batch
+        grad_w_h = torch.bmm(
+            hs[:, :steps].reshape(phones, rows, embed).transpose(1, 2), grad_gates.reshape(phones, rows, -1)
+        )
+        grad_w_proj = torch.bmm(
+            u_all.reshape(phones, rows, hidden).transpose(1, 2), grad_h_all.reshape(phones, rows, embed)
+        )
+        return grad_gates, grad_w_h, grad_w_proj
 
 
 class _FusedNll(torch.autograd.Function):
@@ -123,18 +182,11 @@ def phone_losses(
     params = _stacked_params(w, shapes)
     phones, batch, steps = tokens.shape
     vocab, embed = shapes["embedding"]
-    hidden = shapes["w_proj"][0]
     offsets = torch.arange(phones, dtype=tokens.dtype)[:, None, None] * vocab
-    recurrence = {
-        "embedding": params["embedding"].reshape(phones * vocab, embed),
-        "w_x": params["w_x"],
-        "w_h": params["w_h"],
-        "b": params["b"][:, None, :],
-        "w_proj": params["w_proj"],
-    }
-    state = (w.new_zeros(phones, batch, embed), w.new_zeros(phones, batch, hidden))
-    # hidden_states steps along dim 1: put time there ([P, T, B]), so each step's input is [P, B, E]
-    out, _ = hidden_states(recurrence, (tokens + offsets).transpose(1, 2), state)
+    # time-major rows ([P, T * B]): the input projection of every step in one batched matmul
+    x = params["embedding"].reshape(phones * vocab, embed)[(tokens + offsets).transpose(1, 2).reshape(phones, -1)]
+    xw = torch.baddbmm(params["b"][:, None, :], x, params["w_x"]).reshape(phones, steps, batch, -1)
+    out = _Recurrence.apply(xw, params["w_h"], params["w_proj"])
     flat_mask = mask.transpose(1, 2).reshape(phones, -1)
     totals = fused_nll(
         out.reshape(phones, steps * batch, embed),
