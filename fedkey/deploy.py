@@ -24,6 +24,10 @@ What Flower 1.42 wants (read and measured here):
   every node, as it is here).
 - ``--run-config`` may only set keys that ``[tool.flwr.app.config]`` lists (``out``, ``data-dir``,
   ``config-file``, ``resume``); every other setting travels in the fedkey TOML named by ``config-file``.
+- The FAB that ``flwr run`` ships is unpacked into ``$FLWR_HOME/apps/`` and put first on ``sys.path``:
+  its top-level ``fedkey/`` folder shadows the installed ``fedkey`` package, while the subpackages
+  (``fedkey.server``, ``fedkey.device_sim``, ...) still come from the installation. Run the same
+  fedkey version on every node.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ from typing import IO, Any
 import httpx
 import psutil
 import tomli_w
+
+from fedkey.config import FedkeyConfig, to_toml
+from fedkey.simulate import backend_config
 
 #: name of the SuperLink connection written for ``flwr run``
 CONNECTION = "fedkey-local"
@@ -134,22 +141,42 @@ class ProcessSet:
                 p.send_signal(sig)
 
 
+def federation_config(config: FedkeyConfig) -> dict[str, Any]:
+    """``flwr run --federation-config`` entries of a simulation SuperLink for this config.
+
+    The same Ray resources as ``fedkey simulate`` (:func:`fedkey.simulate.backend_config`); Flower's
+    federation config has no Ray address: attach to a cluster by starting the SuperLink with
+    ``RAY_ADDRESS`` set instead.
+    """
+    backend = backend_config(config)
+    entries = {
+        "num-supernodes": config.simulate.phone_hosts,
+        "client-resources-num-cpus": backend["client_resources"]["num_cpus"],
+        "init-args-num-cpus": backend["init_args"].get("num_cpus"),
+    }
+    return {k: v for k, v in entries.items() if v is not None}
+
+
 @dataclass
 class LocalDeployment:
-    """A SuperLink and ``hosts`` phone-host SuperNodes on loopback; use as a context manager.
+    """A SuperLink and ``simulate.phone_hosts`` phone-host SuperNodes on loopback; a context manager.
 
-    ``workdir`` holds ``flwr-home/`` (Flower's config and installed FABs) and ``logs/``. Each SuperNode
-    gets the node config ``data-dir`` (when given) and ``threads``.
+    With ``simulation`` the SuperLink runs Flower's simulation runtime instead (``--simulation``, the
+    phone hosts are virtual SuperNodes on Ray) and no SuperNode process is started. ``workdir`` holds
+    ``flwr-home/`` (Flower's config and installed FABs), ``logs/``, the run's ``config.toml`` and
+    ``run-config.toml``. Each SuperNode gets the node config ``data-dir`` and ``threads``.
     """
 
     workdir: Path
-    hosts: int
-    data_dir: Path | None = None
-    threads: int = 1
+    config: FedkeyConfig
+    data_dir: Path
+    simulation: bool = False
     start_timeout_s: float = 60.0
     port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.data_dir = Path(self.data_dir).resolve()
         self.flwr_home = self.workdir / "flwr-home"
         self.processes = ProcessSet(self.workdir / "logs")
         self.env = flower_env(self.flwr_home)
@@ -171,21 +198,15 @@ class LocalDeployment:
 
     def start(self) -> None:
         """SuperLink (waits until it answers), then the SuperNodes; writes the ``flwr run`` connection."""
-        bin_dir = Path(sys.executable).parent
-        self.processes.start(
-            "superlink",
-            [str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port)],
-            self.env,
-        )
+        superlink = [_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.processes.start("superlink", superlink + (["--simulation"] if self.simulation else []), self.env)
         self._wait_healthy()
-        node_config = f"threads={self.threads}"
-        if self.data_dir is not None:
-            node_config = f"data-dir='{Path(self.data_dir).resolve()}' {node_config}"
-        for i in range(self.hosts):
+        node_config = f"data-dir='{self.data_dir}' threads={self.config.simulate.threads}"
+        for i in range(0 if self.simulation else self.config.simulate.phone_hosts):
             self.processes.start(
                 f"supernode-{i}",
                 [
-                    str(bin_dir / "flower-supernode"),
+                    _bin("flower-supernode"),
                     "--insecure",
                     "--superlink",
                     self.address,
@@ -208,32 +229,53 @@ class LocalDeployment:
             time.sleep(0.3)
         raise DeploymentError(f"the SuperLink did not answer within {self.start_timeout_s:.0f} s")
 
-    def run(self, app_dir: Path, run_config: dict[str, Any], timeout_s: float | None = None) -> str:
-        """``flwr run APP_DIR`` against this SuperLink, streaming the run's log until it ends; returns it.
+    def run(
+        self,
+        out: Path,
+        app_dir: Path = Path("."),
+        resume: bool = False,
+        timeout_s: float | None = None,
+        echo: bool = False,
+    ) -> str:
+        """``flwr run APP_DIR`` of this config into the run folder ``out``; returns the streamed run log.
 
-        ``run_config`` becomes a TOML file passed as ``--run-config`` (values with spaces or quotes travel
-        intact). Raises :class:`DeploymentError` if ``flwr run`` fails or a Flower process died.
+        The config travels as ``config-file``; the run config as a TOML file (``--run-config FILE``,
+        so paths with spaces or quotes arrive intact). With ``echo`` the log goes to this terminal as it
+        comes (and "" is returned). Raises :class:`DeploymentError` if ``flwr run`` fails or a Flower
+        process died; a ServerApp that fails ends the log with its traceback and Flower's exit code
+        (``flwr run`` itself still exits 0), so callers check the run folder's ``final.json``.
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
+        config_file = self.workdir / "config.toml"
+        config_file.write_text(to_toml(self.config))
+        run_config = {
+            "out": str(Path(out).resolve()),
+            "data-dir": str(self.data_dir),
+            "config-file": str(config_file),
+            "resume": resume,
+        }
         overrides = self.workdir / "run-config.toml"
         overrides.write_text(tomli_w.dumps(run_config))
-        proc = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "flwr"),
-                "run",
-                str(Path(app_dir).resolve()),
-                CONNECTION,
-                "--stream",
-                "--run-config",
-                str(overrides),
-            ],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-        output = proc.stdout + proc.stderr
+        argv = [
+            _bin("flwr"),
+            "run",
+            str(Path(app_dir).resolve()),
+            CONNECTION,
+            "--stream",
+            "--run-config",
+            str(overrides),
+        ]
+        if self.simulation:
+            entries = " ".join(f"{k}={v}" for k, v in federation_config(self.config).items())
+            argv += ["--federation-config", entries]
+        proc = subprocess.run(argv, env=self.env, capture_output=not echo, text=True, timeout=timeout_s)
+        output = "" if echo else proc.stdout + proc.stderr
         if proc.returncode != 0:
-            raise DeploymentError(f"flwr run failed ({proc.returncode}):\n{output[-3000:]}")
+            raise DeploymentError(f"flwr run failed with exit code {proc.returncode}\n{output[-3000:]}")
         self.processes.check_alive()
         return output
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (Flower's and Ray's commands live next to this Python)."""
+    return str(Path(sys.executable).parent / name)
