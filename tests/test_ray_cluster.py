@@ -71,16 +71,21 @@ def ray_cluster(tmp_path: Path) -> Iterator[tuple[str, set[str]]]:
             ],
             ENV,
         )
-        wait_for(lambda: len(cluster_nodes(address)) == 1, processes, "the head node")
+        wait_for(lambda: started_log(processes, "head"), processes, "the head node")
         processes.start("worker", [str(BIN / "ray"), "start", f"--address={address}", *ray_node_args("worker")], ENV)
-        wait_for(lambda: len(cluster_nodes(address)) == 2, processes, "the worker node")
+        wait_for(lambda: started_log(processes, "worker") and len(cluster_nodes(address)) == 2, processes, "the worker")
         started = descendants([p.pid for p in processes.procs.values()])
         yield address, cluster_nodes(address)
         started += descendants([p.pid for p in processes.procs.values()])
     finally:
-        processes.stop(grace_s=10)
+        processes.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert_all_gone(started)
+
+
+def started_log(processes: ProcessSet, name: str) -> bool:
+    """`ray start` has printed that its node runs."""
+    return "Ray runtime started" in (processes.log_dir / f"{name}.log").read_text()
 
 
 def wait_for(ready, processes: ProcessSet, what: str, timeout_s: float = 90) -> None:
