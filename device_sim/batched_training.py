@@ -136,15 +136,20 @@ class _FusedNll(torch.autograd.Function):
         for p in range(phones):
             rows = torch.nonzero(mask[p]).squeeze(1)
             emb_p, bias_p, grad_emb_p = embedding[p], bias[p], grad_emb[p]
-            for part in torch.split(rows, chunk):
-                h_c, t_c, m_c = h[p, part], targets[p, part, None], mask[p, part, None]
+            # the counted rows, compacted once; chunks are then contiguous views
+            h_p = h[p].index_select(0, rows)
+            t_p, m_p = targets[p, rows, None], mask[p, rows, None]
+            grad_h_p = torch.empty_like(h_p)
+            for s in range(0, len(rows), chunk):
+                h_c, t_c, m_c = h_p[s : s + chunk], t_p[s : s + chunk], m_p[s : s + chunk]
                 logp = torch.log_softmax(torch.addmm(bias_p, h_c, emb_p.t()), dim=1)
                 losses[p] -= (logp.gather(1, t_c) * m_c).sum()
                 # d(sum of m * -logp[target]) / d logits = m * (softmax - onehot(target)), built in place
                 g = logp.exp_().mul_(m_c).scatter_add_(1, t_c, -m_c)
-                grad_h[p, part] = g @ emb_p
+                torch.mm(g, emb_p, out=grad_h_p[s : s + chunk])
                 grad_emb_p.addmm_(g.t(), h_c)
                 grad_bias[p] += g.sum(dim=0)
+            grad_h[p].index_copy_(0, rows, grad_h_p)
         ctx.save_for_backward(grad_h, grad_emb, grad_bias)
         return losses
 
