@@ -8,25 +8,35 @@ the default model preset, every phone of the cohort trained every round:
 - ``fedkey``: ``fedkey simulate`` itself (``fedkey.simulate.run_local``: Flower's simulation engine
   with the fedkey ServerApp and strategy, the phone-host ClientApp, the default update pipeline),
   with all phones always eligible, no dropouts and no deadline, so each round trains the cohort.
-  Phones/s from ``RUN/metrics.jsonl``: wall time of the rounds after the first, before the last
-  (the last one includes the held-out evaluation).
+  Timed: the rounds after the first (which starts Ray and loads the data); round ends are when
+  ``RUN/metrics.jsonl`` gains a line.
 - ``flower``: plain Flower 1.42 (message API): one virtual SuperNode per phone, a ClientApp that
   loads the global ``CifgLstm`` state dict, trains with ``torch.optim.SGD`` (:func:`train_plain`) and
-  returns the weights, Flower's own ``FedAvg``, ``run_simulation`` with Ray. Rounds after the first.
+  returns the weights, Flower's own ``FedAvg``, ``run_simulation`` with Ray. Timed: the rounds
+  after the first.
 - ``floor``: the plain way: a Python loop over the cohort training each phone in turn with
-  :func:`train_plain`, then the weighted mean. Rounds after the first.
+  :func:`train_plain`, then the weighted mean. Timed: one round after a warm-up.
 
 Every engine runs in its own child process; the parent samples the resident memory of the child's
 whole process tree (Ray's processes included) with psutil and reports its peak (shared pages count
-once per process). It also measures this machine's fp32 matmul peak with torch on the same thread
-count, and counts the training FLOPs of counted (unpadded) positions with
-``fedkey.simulate.train_flops_per_position``; the "nominal" figure counts every position of every
-batch, padding included (the round-time model's count). ``--cpus`` (default 1) sets the CPUs every
-engine may use: phone hosts (fedkey), Ray CPUs (Flower, one per ClientApp) and torch threads (floor).
+once per process). The child samples its tree's CPU time (user + system, every 50 ms) over the timed
+window. Throughput is reported per CPU-second of the engine's whole process tree (server, Ray's
+processes and workers included): with ``--cpus 1`` an engine that has its CPU to itself does that
+many phones per wall second, and on a machine shared with other jobs (this one: 2 cores, several
+sessions) wall time mostly measures the other jobs, CPU time much less. Wall-clock phones/s and the
+CPUs each engine kept busy are printed too. Idle waits (an engine sleeping between polls) cost wall
+time but no CPU time, which favours the Flower engines, not the floor.
+
+The fp32 matmul peak is measured in the same run with torch on the same thread count (best of 8
+2048x2048 products, GFLOP per CPU-second); achieved training GFLOP count only counted (unpadded)
+positions, ``fedkey.simulate.train_flops_per_position`` each; "nominal" counts every position of
+every batch, padding included (the round-time model's count). ``--cpus`` (default 1) sets the CPUs
+every engine may use: phone hosts (fedkey), Ray CPUs (Flower, one per ClientApp), torch threads.
 
     .venv/bin/python bench/sim_throughput.py [--quick] [--cohort N] [--cpus C]
 
-Last line: ``RESULT speedup_vs_flower=… speedup_vs_floor=… phones_per_s=… mem_vs_floor=… peak_frac=…``.
+Last line (per CPU-second): ``RESULT speedup_vs_flower=… speedup_vs_floor=… phones_per_s=… mem_vs_floor=…
+peak_frac=…``.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -113,36 +124,39 @@ def phone_work(host: PhoneHost, phone: int, round_idx: int) -> tuple[Batches, in
 
 
 def engine_floor(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A loop over the cohort, each phone trained in turn, then the weighted mean; rounds after the first."""
+    """A loop over the cohort, each phone trained in turn, then the weighted mean; one round, timed.
+
+    Warm-up first: the agreement check and every phone's tokenised data (which the other engines
+    cache in their first round).
+    """
     setup = build_setup(config_from_run_config(config).config, config["data-dir"])
     task, sim = setup.task, setup.config.simulate
     host = PhoneHost(task)
+    check = agreement(setup, host)
+    for phone in range(sim.cohort_size):
+        phone_work(host, phone, 1)
     model = CifgLstm(setup.model_config, seed=sim.seed)
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    times, useful, nominal = [], 0, 0
-    for rnd in range(1, sim.rounds + 1):
-        t0 = time.perf_counter()
-        total = {k: torch.zeros_like(v) for k, v in global_state.items()}
-        examples_sum = 0
-        useful = nominal = 0
-        for phone in range(sim.cohort_size):
-            batches, steps, examples, tokens = phone_work(host, phone, rnd)
-            model.load_state_dict(global_state)
-            train_plain(model, batches, steps, task.lr, task.grad_clip)
-            with torch.no_grad():
-                for k, v in model.state_dict().items():
-                    total[k] += examples * v
-            examples_sum += examples
-            useful += tokens
-            nominal += steps * task.batch_size * task.seq_len
-        global_state = {k: v / examples_sum for k, v in total.items()}
-        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    total = {k: torch.zeros_like(v) for k, v in global_state.items()}
+    examples_sum = useful = nominal = 0
+    for phone in range(sim.cohort_size):
+        batches, steps, examples, tokens = phone_work(host, phone, 1)
+        model.load_state_dict(global_state)
+        train_plain(model, batches, steps, task.lr, task.grad_clip)
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                total[k] += examples * v
+        examples_sum += examples
+        useful += tokens
+        nominal += steps * task.batch_size * task.seq_len
+    global_state = {k: v / examples_sum for k, v in total.items()}
     return {
-        "phones": sim.cohort_size * (sim.rounds - 1),
-        "seconds": sum(times[1:]),
+        "phones": sim.cohort_size,
+        "window": [t0, time.perf_counter()],
         "positions_useful": useful,
         "positions_nominal": nominal,
-        "agreement": agreement(setup, host),
+        "agreement": check,
         "flops_per_position": train_flops_per_position(setup.model_config),
     }
 
@@ -171,21 +185,34 @@ def agreement(setup: Any, host: PhoneHost) -> float:
 
 
 def engine_fedkey(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``fedkey simulate`` in-process (Flower simulation engine, Ray); rounds 2 .. R-1 from metrics.jsonl."""
+    """``fedkey simulate`` in-process (Flower simulation engine, Ray); the rounds after the first.
+
+    Round ends are when ``RUN/metrics.jsonl`` gains a line (polled every 20 ms); the last round
+    includes a 50-position held-out evaluation (the final full evaluation comes after it).
+    """
     from fedkey.simulate import run_local
 
+    metrics = Path(config["out"]) / "metrics.jsonl"
+    ends: list[float] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            lines = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+            ends.extend([time.perf_counter()] * (lines - len(ends)))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     run_local(config)
-    lines = [json.loads(x) for x in (Path(config["out"]) / "metrics.jsonl").read_text().splitlines()]
-    timed = lines[1:-1]
-    return {
-        "phones": sum(x["reported"] for x in timed),
-        "seconds": timed[-1]["wall_time_s"] - lines[0]["wall_time_s"],
-        "selected": [x["selected"] for x in lines],
-    }
+    done.set()
+    watcher.join()
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    return {"phones": sum(x["reported"] for x in lines[1:]), "window": [ends[0], ends[-1]]}
 
 
 def engine_flower(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain Flower: a SuperNode per phone, a torch ClientApp returning weights, FedAvg; rounds after the first."""
+    """Plain Flower: a SuperNode per phone, a torch ClientApp returning weights, Flower's FedAvg."""
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
@@ -237,7 +264,7 @@ def engine_flower(config: Mapping[str, Any]) -> dict[str, Any]:
         backend_config=backend_config(setup.config),  # type: ignore[arg-type]
     )
     # stamps: before round 1, after each round
-    return {"phones": n * (rounds - 1), "seconds": stamps[-1] - stamps[1]}
+    return {"phones": n * (rounds - 1), "window": [stamps[1], stamps[-1]]}
 
 
 # --- the parent: data, matmul peak, engines under a memory sampler, report ------------------------
@@ -262,15 +289,15 @@ def subset_data(source: Path, dest: Path, cohort: int, seed: int) -> None:
 
 
 def matmul_peak(threads: int, size: int = 2048, reps: int = 8) -> float:
-    """Best fp32 GFLOP/s of a square torch matmul on ``threads`` threads."""
+    """Best fp32 GFLOP per CPU-second of a square torch matmul on ``threads`` threads."""
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     best = 0.0
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         a @ b
-        best = max(best, 2 * size**3 / (time.perf_counter() - t0) / 1e9)
+        best = max(best, 2 * size**3 / (time.process_time() - t0) / 1e9)
     return best
 
 
@@ -281,6 +308,36 @@ def tree_rss(proc: psutil.Process) -> int:
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
     return total
+
+
+class TreeClock:
+    """Samples the CPU seconds (user + system) used so far by this process and its descendants."""
+
+    def __init__(self, period_s: float = 0.05) -> None:
+        self.proc = psutil.Process()
+        self.samples: list[tuple[float, float]] = []
+        self.seen: dict[int, float] = {}
+        self.period_s = period_s
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            for p in [self.proc, *self.proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    self.seen[p.pid] = t.user + t.system
+            self.samples.append((time.perf_counter(), sum(self.seen.values())))
+            time.sleep(self.period_s)
+
+    def cpu_between(self, t0: float, t1: float) -> float:
+        """CPU seconds spent between two ``time.perf_counter`` instants (nearest samples)."""
+        self.done.set()
+        self.thread.join()
+        times = np.array([t for t, _ in self.samples])
+        cpu = np.array([c for _, c in self.samples])
+        return float(cpu[np.abs(times - t1).argmin()] - cpu[np.abs(times - t0).argmin()])
 
 
 def run_engine(engine: str, config: Mapping[str, Any], cpus: int, log: Path) -> tuple[dict[str, Any], int]:
@@ -312,7 +369,10 @@ def main() -> None:
     torch.set_num_threads(args.cpus)
     if args.engine:
         config = json.loads(args.config)
+        clock = TreeClock()
         result = {"floor": engine_floor, "fedkey": engine_fedkey, "flower": engine_flower}[args.engine](config)
+        t0, t1 = result.pop("window")
+        result["seconds"], result["cpu_seconds"] = t1 - t0, clock.cpu_between(t0, t1)
         (Path(config["out"]) / "result.json").write_text(json.dumps(result))
         return
 
@@ -323,14 +383,13 @@ def main() -> None:
         subset_data(DATA, data_dir, cohort, args.seed)
         peak = matmul_peak(args.cpus)
         print(f"cohort {cohort} phones (chitchat, >= {MIN_MESSAGES} messages), {args.cpus} CPU(s)")
-        print(f"fp32 matmul peak {peak:.1f} GFLOP/s")
+        print(f"fp32 matmul peak {peak:.1f} GFLOP per CPU-second ({args.cpus} thread(s))")
         results: dict[str, tuple[dict[str, Any], int]] = {}
         for engine in ENGINES:
-            rounds = 3 if engine == "fedkey" else 2
-            config = run_config(data_dir, work / engine, cohort, rounds, args.cpus)
+            config = run_config(data_dir, work / engine, cohort, 1 if engine == "floor" else 2, args.cpus)
             (work / engine).mkdir()
             results[engine] = run_engine(engine, config, args.cpus, work / f"{engine}.log")
-        print(f"matmul peak again after the engines: {matmul_peak(args.cpus):.1f} GFLOP/s (load drift)")
+        print(f"matmul peak again after the engines: {matmul_peak(args.cpus):.1f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -343,17 +402,25 @@ def main() -> None:
         f"({floor['positions_nominal'] / cohort:.0f} with padding), {useful / 1e9:.2f} GFLOP of training"
     )
     print(f"agreement: plain loop vs fedkey batched trainer, one phone's delta, relative L2 {floor['agreement']:.1e}")
-    rate, mem, frac = {}, {}, {}
-    print(f"{'engine':8} {'phones/s':>9} {'peak MB':>8} {'GFLOP/s':>8} {'of peak':>8} {'nominal':>8}")
+    wall, rate, mem, frac = {}, {}, {}, {}
+    print(
+        f"{'engine':8} {'phones/s wall':>13} {'CPUs busy':>9} {'phones/CPU-s':>12} {'peak MB':>8} "
+        f"{'GFLOP/CPU-s':>11} {'of peak':>7} {'nominal':>7}"
+    )
     for engine, (res, rss) in results.items():
-        rate[engine] = res["phones"] / res["seconds"]
+        wall[engine] = res["phones"] / res["seconds"]
+        rate[engine] = res["phones"] / res["cpu_seconds"]
         mem[engine] = rss / 1e6
         gflops = rate[engine] * useful / 1e9
         frac[engine] = gflops / peak
         print(
-            f"{engine:8} {rate[engine]:9.2f} {mem[engine]:8.0f} {gflops:8.1f} {frac[engine]:8.0%} "
-            f"{rate[engine] * nominal / 1e9 / peak:8.0%}"
+            f"{engine:8} {wall[engine]:13.2f} {res['cpu_seconds'] / res['seconds']:9.2f} {rate[engine]:12.2f} "
+            f"{mem[engine]:8.0f} {gflops:11.1f} {frac[engine]:7.0%} {rate[engine] * nominal / 1e9 / peak:7.0%}"
         )
+    print(
+        f"wall-clock basis: speedup_vs_flower={wall['fedkey'] / wall['flower']:.2f} "
+        f"speedup_vs_floor={wall['fedkey'] / wall['floor']:.2f} phones_per_s={wall['fedkey']:.2f}"
+    )
     print(
         f"RESULT speedup_vs_flower={rate['fedkey'] / rate['flower']:.2f} "
         f"speedup_vs_floor={rate['fedkey'] / rate['floor']:.2f} phones_per_s={rate['fedkey']:.2f} "
