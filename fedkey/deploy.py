@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -77,22 +78,34 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def write_connection(flwr_home: Path, address: str, name: str = CONNECTION, **extra: Any) -> Path:
+def write_connection(flwr_home: Path, address: str, name: str = CONNECTION) -> Path:
     """``$FLWR_HOME/config.toml`` with one insecure SuperLink connection (the default) for ``flwr run``."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    path.write_text(
-        tomli_w.dumps({"superlink": {"default": name, name: {"address": address, "insecure": True, **extra}}})
-    )
+    path.write_text(tomli_w.dumps({"superlink": {"default": name, name: {"address": address, "insecure": True}}}))
     return path
+
+
+def running(proc: psutil.Process) -> bool:
+    """The process (the same one: psutil checks its start time) still runs and is not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @dataclass
 class ProcessSet:
-    """Processes started in their own process groups, all stopped together (descendants included)."""
+    """Processes started in their own process groups, all stopped together (descendants included).
+
+    Flower and Ray start processes of their own, some in new sessions, some left behind by a parent
+    that exits; :meth:`snapshot` remembers the descendants seen so far, so :meth:`stop` ends them even
+    once they are orphaned (``psutil`` checks each one's start time, so a reused pid is never hit).
+    """
 
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    known: dict[int, psutil.Process] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -110,17 +123,21 @@ class ProcessSet:
             if proc.poll() is not None:
                 raise DeploymentError(f"{name} exited with code {proc.returncode}; see {self.log_dir / name}.log")
 
-    def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM every process, its group and its descendants; SIGKILL what is left after ``grace_s``."""
-        victims: dict[int, psutil.Process] = {}
+    def snapshot(self) -> None:
+        """Remember the started processes and all their current descendants."""
         for proc in self.procs.values():
             with contextlib.suppress(psutil.Error):
                 root = psutil.Process(proc.pid)
                 for p in [root, *root.children(recursive=True)]:
-                    victims[p.pid] = p
+                    self.known.setdefault(p.pid, p)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM every process, its group and what :meth:`snapshot` saw; SIGKILL what is left after ``grace_s``."""
+        self.snapshot()
+        victims = [p for p in self.known.values() if running(p)]
         groups = [proc.pid for proc in self.procs.values()]
-        self._signal(groups, victims.values(), signal.SIGTERM)
-        _, alive = psutil.wait_procs(list(victims.values()), timeout=grace_s)
+        self._signal(groups, victims, signal.SIGTERM)
+        _, alive = psutil.wait_procs(victims, timeout=grace_s)
         self._signal(groups, alive, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=grace_s)
         for proc in self.procs.values():
@@ -132,7 +149,7 @@ class ProcessSet:
         self._logs.clear()
 
     @staticmethod
-    def _signal(groups: list[int], procs: Any, sig: signal.Signals) -> None:
+    def _signal(groups: list[int], procs: Iterable[psutil.Process], sig: signal.Signals) -> None:
         for pgid in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, sig)
@@ -145,8 +162,7 @@ def federation_config(config: FedkeyConfig) -> dict[str, Any]:
     """``flwr run --federation-config`` entries of a simulation SuperLink for this config.
 
     The same Ray resources as ``fedkey simulate`` (:func:`fedkey.simulate.backend_config`); Flower's
-    federation config has no Ray address: attach to a cluster by starting the SuperLink with
-    ``RAY_ADDRESS`` set instead.
+    federation config names no Ray cluster, so ``simulate.ray_address`` has no effect here.
     """
     backend = backend_config(config)
     entries = {
@@ -268,7 +284,10 @@ class LocalDeployment:
         if self.simulation:
             entries = " ".join(f"{k}={v}" for k, v in federation_config(self.config).items())
             argv += ["--federation-config", entries]
-        proc = subprocess.run(argv, env=self.env, capture_output=not echo, text=True, timeout=timeout_s)
+        try:
+            proc = subprocess.run(argv, env=self.env, capture_output=not echo, text=True, timeout=timeout_s)
+        finally:
+            self.processes.snapshot()  # what the run left shutting down (Ray processes of a simulation)
         output = "" if echo else proc.stdout + proc.stderr
         if proc.returncode != 0:
             raise DeploymentError(f"flwr run failed with exit code {proc.returncode}\n{output[-3000:]}")

@@ -3,7 +3,9 @@ checks that a run's results equal it and that no process outlived the test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import psutil
@@ -11,6 +13,7 @@ import torch
 from simulate_helpers import LocalGrid
 
 from fedkey.config import FedkeyConfig, to_toml
+from fedkey.deploy import running
 from fedkey.models.checkpoint import Checkpoint
 from fedkey.server.app import METRIC_KEYS, SimulationRun
 from fedkey.simulate import RunSettings, build_setup
@@ -58,13 +61,14 @@ def descendants(pids: list[int]) -> list[psutil.Process]:
     return found
 
 
-def assert_all_gone(procs: list[psutil.Process]) -> None:
-    """None of these processes runs any more (a reaped or zombie process counts as gone)."""
+def assert_all_gone(procs: list[psutil.Process], wait_s: float = 10.0) -> None:
+    """None of these processes runs any more after ``wait_s`` (a zombie counts as gone)."""
+    deadline = time.monotonic() + wait_s
+    while any(running(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
     left = []
     for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+        if running(p):
+            with contextlib.suppress(psutil.Error):  # gone since
                 left.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
-        except psutil.Error:
-            continue
     assert not left, f"processes left running: {left}"
