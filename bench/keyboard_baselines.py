@@ -17,7 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from fedkey.config import load_config
+from fedkey.config import CentralConfig, load_config
 from fedkey.device_sim.federated_data import FederatedData, prepare
 from fedkey.models.metrics import limit_positions, recall_at_k
 from fedkey.models.ngram import KneserNey
@@ -101,6 +101,13 @@ def write_section(corpus: str, text: str) -> None:
     path.write_text(doc)
 
 
+def central_flags(central: CentralConfig) -> str:
+    """The `--set` flags that turn the default central settings into these."""
+    defaults = CentralConfig().model_dump()
+    changed = {key: value for key, value in central.model_dump().items() if value != defaults[key]}
+    return " ".join(f"--set central.{key}={json.dumps(value)}" for key, value in changed.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default="chitchat")
@@ -124,10 +131,12 @@ def main() -> None:
     if args.central_run:
         final = json.loads((args.central_run / "final.json").read_text())
         cfg = load_config(args.central_run / "config.toml")
-        label = f"CIFG-LSTM {cfg.model.preset} ({final['parameters']:,} params, {final['steps']} steps)"
+        label = (
+            f"CIFG-LSTM {cfg.model.preset} ({final['parameters']:,} params, {final['steps']} steps on "
+            f"{cfg.central.device})"
+        )
         commands.append(
-            f"fedkey train-central --data data/{args.corpus} --out {args.central_run} "
-            f"(effective config: {args.central_run}/config.toml)"
+            f"fedkey train-central --data data/{args.corpus} --out {args.central_run} {central_flags(cfg.central)}"
         )
     else:
         final, how = quick_lstm(data, positions)
