@@ -282,7 +282,12 @@ class SimulationRun:
         final |= {"epsilon": epsilon, "delta": delta}
         (self.out / "final.json").write_text(json.dumps(final, indent=2))
         if self.config.simulate.export_bundle:
-            export_bundle(Checkpoint.load(self.out / CHECKPOINT), self.out / "bundle", overwrite=True)
+            export_bundle(
+                Checkpoint.load(self.out / CHECKPOINT),
+                self.out / "bundle",
+                overwrite=True,
+                lexicon=self.setup.data.lexicon,  # the words the recall metrics count, as on the phone
+            )
 
 
 def _summary(line: Mapping[str, Any]) -> str:

@@ -55,7 +55,9 @@ def test_cli_runs_rounds_through_flower_and_writes_every_output(prepared, tmp_pa
     assert "rounds (stopped by rounds)" in proc.stderr
     for name in ("config.toml", "checkpoint.pt", "participation.json", "final.json"):
         assert (out / name).is_file(), name
-    assert load_bundle(out / "bundle").manifest.model_version == 2
+    bundle = load_bundle(out / "bundle")
+    assert bundle.manifest.model_version == 2
+    assert (out / "bundle" / "lexicon.txt").read_text().split("\n")[:-1] == list(prepared.lexicon)
 
 
 def test_cli_refuses_an_impossible_cohort_before_starting_flower(prepared, tmp_path: Path):
