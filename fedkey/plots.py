@@ -45,9 +45,8 @@ def plot_metrics(
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
-    """The figure as PNG bytes (tight layout); the figure is closed."""
-    fig.tight_layout()
+    """The figure as PNG bytes, cropped to what is drawn (legends outside the axes included); closes it."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
