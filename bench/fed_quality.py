@@ -1,0 +1,167 @@
+"""Federated quality against the server-trained baseline: does `fedkey simulate` reach ≥ 97% of it?
+
+Runs `fedkey simulate` twice, side by side, on the same prepared data, model preset, rounds and seed:
+once with the default update pipeline (top-k 10% + 4-bit quantization: "compressed") and once with an
+empty pipeline (dense fp32 updates: "uncompressed"). Each run's held-out recall@1 (final.json) is
+divided by the recall@1 of a `fedkey train-central` run's best checkpoint of the same model preset,
+evaluated here on the same held-out word positions; the uploaded bytes are summed from metrics.jsonl.
+
+    .venv/bin/python bench/fed_quality.py --central-run runs/central-default [--rounds R] [--cohort C]
+        [--positions N] [--set KEY=VALUE ...] [--out runs/fed-quality] [--quick] [--write]
+
+`--quick` runs a few rounds of a small cohort (a smoke check of the measurement, not the figure).
+Last line: ``RESULT rounds=… compressed_over_central=… uncompressed_over_central=… compressed_mb_up=…
+uncompressed_mb_up=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from fedkey.config import load_config
+from fedkey.plots import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Federated quality (issue 5)"
+VARIANTS = {"compressed": [], "uncompressed": ["pipeline=[]"]}
+
+
+def shown(path: Path) -> str:
+    """A path as the commands in docs/results.md give it: relative to the repository when inside it."""
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
+def start_simulation(out: Path, data: Path, overrides: list[str]) -> subprocess.Popen:
+    """Starts one `fedkey simulate` run in a child process (its output goes to OUT/simulate.log)."""
+    command = [str(Path(sys.executable).with_name("fedkey")), "simulate", "--out", str(out), "--data", str(data)]
+    for item in overrides:
+        command += ["--set", item]
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "simulate.log").open("w")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+
+def finished_run(out: Path) -> dict:
+    """A finished run's final.json plus its uploaded bytes and wall time from metrics.jsonl."""
+    final = json.loads((out / "final.json").read_text())
+    rows = read_jsonl(out / "metrics.jsonl")
+    final["bytes_up"] = sum(r["bytes_up"] for r in rows)
+    final["wall_time_s"] = rows[-1]["wall_time_s"]
+    return final
+
+
+def central_recall(run: Path, data: Path, max_positions: int) -> dict:
+    """The central run's best checkpoint on the same held-out positions as the federated runs' final evaluation."""
+    from fedkey.device_sim.federated_data import FederatedData
+    from fedkey.models.checkpoint import Checkpoint
+    from fedkey.models.evaluate import evaluate_model
+
+    fd = FederatedData.load(data)
+    cfg = load_config(run / "config.toml")
+    held = evaluate_model(
+        Checkpoint.load(run / "best.pt").model,
+        fd.tokenizer,
+        fd.lexicon,
+        [m for u in fd.test_users for m in u.messages],
+        max_positions=max_positions,
+        beam=cfg.eval.beam,
+        max_word_pieces=cfg.eval.max_word_pieces,
+    )
+    return {"held_out_users": held, "steps": json.loads((run / "final.json").read_text())["steps"]}
+
+
+def table(central: dict, runs: dict[str, dict], preset: str, commands: list[str]) -> str:
+    base = central["held_out_users"]["recall@1"]
+    lines = [
+        SECTION,
+        "",
+        "| model | rounds | held-out recall@1 | recall@3 | of central recall@1 | uploaded | wall time |",
+        "|---|---|---|---|---|---|---|",
+        f"| central ({preset}, {central['steps']} steps) | - | {base:.4f} | "
+        f"{central['held_out_users']['recall@3']:.4f} | 1.000 | - | - |",
+    ]
+    for name, final in runs.items():
+        held = final["held_out_users"]
+        lines.append(
+            f"| federated, {name} | {final['rounds']} | {held['recall@1']:.4f} | {held['recall@3']:.4f} | "
+            f"{held['recall@1'] / base:.3f} | {final['bytes_up'] / 1e6:.1f} MB | {final['wall_time_s'] / 60:.1f} min |"
+        )
+    lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    path = ROOT / "docs" / "results.md"
+    doc = path.read_text()
+    pattern = re.compile(re.escape(SECTION) + r"\n.*?(?=\n## |\Z)", re.S)
+    doc = pattern.sub(lambda _: text.rstrip("\n"), doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text
+    path.write_text(doc.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--central-run", type=Path, default=ROOT / "runs" / "central-default")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "chitchat")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fed-quality")
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--cohort", type=int, default=100)
+    parser.add_argument(
+        "--positions", type=int, default=20000, help="held-out word positions of every final evaluation (0 = all)"
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra simulate settings")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 10 phones: checks the measurement runs")
+    parser.add_argument("--write", action="store_true", help="update the section in docs/results.md")
+    args = parser.parse_args()
+
+    preset = load_config(args.central_run / "config.toml").model.preset
+    rounds, cohort, positions = (3, 10, 2000) if args.quick else (args.rounds, args.cohort, args.positions)
+    common = [
+        f'model.preset="{preset}"',
+        f"simulate.rounds={rounds}",
+        f"simulate.cohort_size={cohort}",
+        "simulate.export_bundle=false",
+        f"eval.max_positions={positions}",
+        *args.overrides,
+    ]
+    children = {
+        name: start_simulation(args.out / name, args.data, [*common, *extra]) for name, extra in VARIANTS.items()
+    }
+    torch.set_num_threads(1)
+    central = central_recall(args.central_run, args.data, positions)
+    for name, child in children.items():
+        if child.wait() != 0:
+            sys.exit(f"the {name} run failed: see {args.out / name / 'simulate.log'}")
+    runs = {name: finished_run(args.out / name) for name in VARIANTS}
+    commands = [
+        f"fedkey simulate --out {shown(args.out / name)} --data {shown(args.data)} "
+        + " ".join(f"--set '{o}'" for o in [*common, *extra])
+        for name, extra in VARIANTS.items()
+    ]
+    commands.append(
+        "python bench/fed_quality.py --central-run {} --rounds {} --cohort {} --positions {} {}--write".format(
+            shown(args.central_run), rounds, cohort, positions, "".join(f"--set '{o}' " for o in args.overrides)
+        )
+    )
+    text = table(central, runs, preset, commands)
+    print(text)
+    if args.write and not args.quick:
+        write_section(text)
+    base = central["held_out_users"]["recall@1"]
+    comp, dense = runs["compressed"], runs["uncompressed"]
+    print(
+        f"RESULT rounds={rounds} compressed_over_central={comp['held_out_users']['recall@1'] / base:.3f} "
+        f"uncompressed_over_central={dense['held_out_users']['recall@1'] / base:.3f} "
+        f"compressed_mb_up={comp['bytes_up'] / 1e6:.1f} uncompressed_mb_up={dense['bytes_up'] / 1e6:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
