@@ -13,7 +13,7 @@ float32 global weights "weights", and ``ConfigRecord`` "config" holding the roun
 For each listed phone: the text of its real user (``Population.user_of``; phones beyond the real
 users reuse a real user's text), its first ``max-messages`` messages cut into ``seq-len`` windows,
 shuffled by the phone's seed, grouped into batches; ``local-steps`` SGD steps (or ``local-epochs``
-passes). The ``torch`` engine runs :mod:`batched_training` (``vmap-group`` phones vectorised together); the
+passes). The ``torch`` engine runs :mod:`batched_training` (``phone-group`` phones stacked together); the
 ``onnx`` engine runs ``local_update.onnx`` phone by phone, as the phone runs it (graphs exported once
 per process into a cache folder). Then the update pipeline encodes all deltas at once.
 
@@ -88,7 +88,7 @@ class HostTask:
     grad_clip: float = 1.0
     delta_clip: float = 0.0
     threads: int = 1
-    vmap_group: int = 1
+    phone_group: int = 1
 
     def to_config(self) -> dict[str, ConfigRecordValues]:
         """The ConfigRecord entries the server sends every round (plain scalars and JSON strings)."""
@@ -108,7 +108,7 @@ class HostTask:
             "grad-clip": float(self.grad_clip),
             "delta-clip": float(self.delta_clip),
             "threads": self.threads,
-            "vmap-group": self.vmap_group,
+            "phone-group": self.phone_group,
         }
 
     @classmethod
@@ -137,7 +137,7 @@ class HostTask:
                 grad_clip=float(record["grad-clip"]),  # type: ignore[arg-type]
                 delta_clip=float(record["delta-clip"]),  # type: ignore[arg-type]
                 threads=int(node.get("threads") or record["threads"]),  # type: ignore[call-overload]
-                vmap_group=int(record["vmap-group"]),  # type: ignore[arg-type]
+                phone_group=int(record["phone-group"]),  # type: ignore[arg-type]
             )
         except KeyError as err:
             raise PhoneHostError(f"host task lacks the key {err.args[0]!r}") from None
@@ -318,7 +318,7 @@ class PhoneHost:
                 lr=task.lr,
                 grad_clip=task.grad_clip,
                 delta_clip=task.delta_clip,
-                group=task.vmap_group or None,
+                group=task.phone_group or None,
             )
             return result.deltas, [float(x) for x in result.losses]
         updater = self.onnx_updater(threads)

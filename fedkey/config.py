@@ -144,14 +144,14 @@ class SimulateConfig(_Strict):
     seq_len: int = Field(20, ge=4, description="local training sequence length in pieces (longer messages split)")
     local_engine: Literal["torch", "onnx"] = Field(
         "torch",
-        description="torch: all of a host's phones trained together (vmap); onnx: local_update.onnx "
-        "phone by phone, as the phone runs it",
+        description="torch: device_sim.batched_training (fused softmax loss, hand-written recurrence "
+        "backward); onnx: local_update.onnx phone by phone, as the phone runs it",
     )
-    vmap_group: int = Field(
+    phone_group: int = Field(
         1,
         ge=0,
-        description="torch engine: phones vectorised together with torch.func.vmap (0 = as many as "
-        "fit a 192 MB working set; 1 = one phone at a time, the fastest measured on this 2-core CPU)",
+        description="torch engine: phones stacked into one batched computation (0 = as many as fit a "
+        "192 MB working set; 1 = one phone at a time, the fastest measured on this 2-core CPU)",
     )
     phone_hosts: int = Field(
         2, ge=1, description="Flower virtual SuperNodes (ClientApp instances), each running many phones"

@@ -270,7 +270,7 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         grad_clip=sim.local_grad_clip,
         delta_clip=sim.local_delta_clip,
         threads=sim.threads,
-        vmap_group=sim.vmap_group,
+        phone_group=sim.phone_group,
     )
     weights = flatten_params(CifgLstm(model_config, seed=sim.seed).param_dict(), param_layout(model_config))
     return SimulationSetup(
