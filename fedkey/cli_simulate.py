@@ -75,7 +75,7 @@ def simulate_command(
     """Federated training of the keyboard model over a simulated phone fleet: a Flower ServerApp with
     sampling, over-selection, deadlines and per-phone update decoding; phone hosts (virtual SuperNodes)
     each training many phones."""
-    from fedkey.report import write_report
+    from fedkey.report import REPORT
     from fedkey.simulate import build_setup, ensure_data, run_local
 
     def flags() -> list[str]:
@@ -115,4 +115,4 @@ def simulate_command(
         f"run folder: {out}  (metrics.jsonl, config.toml, checkpoint.pt, participation.json, "
         f"final.json{', bundle/' if cfg.simulate.export_bundle else ''}, report.html)"
     )
-    console.print(f"report: {write_report(out)}")
+    console.print(f"report: {out / REPORT}")

@@ -24,6 +24,7 @@ rounds the server evaluates the global model on a seeded sample of held-out user
                        and where the phone hosts ran (``phone_hosts``: Flower nodes that answered,
                        machine names, Ray node ids; :class:`HostPlaces`)
     bundle/            on-device artifact bundle of the final model (models.bundle)
+    report.html        self-contained report with plots (fedkey.report), written last
 
 ``resume`` continues after the checkpoint's round with the same results as an uninterrupted run.
 """
@@ -50,6 +51,7 @@ from fedkey.models.bundle import export_bundle
 from fedkey.models.checkpoint import Checkpoint
 from fedkey.models.evaluate import evaluate_model
 from fedkey.models.manifest import flatten_params, param_layout
+from fedkey.report import write_report
 from fedkey.server.strategy import FleetStrategy, RoundRecord
 from fedkey.simulate import RunSettings, SimulationSetup, build_setup, config_from_run_config
 
@@ -288,6 +290,7 @@ class SimulationRun:
                 overwrite=True,
                 lexicon=self.setup.data.lexicon,  # the words the recall metrics count, as on the phone
             )
+        write_report(self.out)
 
 
 def _summary(line: Mapping[str, Any]) -> str:

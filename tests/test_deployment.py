@@ -32,7 +32,7 @@ def run_flwr(prepared, tmp_path: Path, simulation: bool) -> tuple[Path, str]:
     lines = metrics(out)
     assert [line["round"] for line in lines] == [1, 2]
     assert all(line["reported"] == 4 and line["rejected"] == 0 for line in lines)
-    for name in ("config.toml", "checkpoint.pt", "participation.json", "final.json"):
+    for name in ("config.toml", "checkpoint.pt", "participation.json", "final.json", "report.html"):
         assert (out / name).is_file(), name
     reference_run(tiny_config(*CONFIG), prepared.root, tmp_path / "reference")
     assert_same_result(out, tmp_path / "reference")
