@@ -3,6 +3,7 @@ quantization, its load-time dequantization (the manifest's session config) and t
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import export_fixtures as fx
@@ -97,7 +98,7 @@ def test_int8_is_per_channel_weight_only_quantization(bundle) -> None:
 
 def test_int8_logits_are_the_fp32_step_on_dequantized_weights(bundle, tokens) -> None:
     """With the manifest's session config, the int8 graph computes in fp32 on weights dequantized once."""
-    model = fx.checkpoint().model
+    model = copy.deepcopy(fx.checkpoint().model)  # the cached fixture model must keep its weights
     with torch.no_grad():
         for name, value in dequantized_params(bundle.path("predict_int8")).items():
             model.params[name].copy_(value)
