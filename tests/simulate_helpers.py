@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
@@ -25,6 +29,22 @@ TINY = [
     "eval.max_positions=60",
     "simulate.export_bundle=false",
 ]
+
+
+FEDKEY = str(Path(sys.executable).with_name("fedkey"))
+
+
+def run_fedkey(*args: str, overrides: Iterable[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`fedkey ARGS --set O ...` in a child process with one torch thread; a non-zero exit fails the test."""
+    proc = subprocess.run(
+        [FEDKEY, *args, *(a for o in overrides for a in ("--set", o))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def tiny_config(*overrides: str) -> FedkeyConfig:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from simulate_helpers import TINY
+from simulate_helpers import TINY, run_fedkey
 from typer.testing import CliRunner
 
 from fedkey.cli import app
 from fedkey.cli_demo import DEMO_SETTINGS
 from fedkey.config import load_config
 from fedkey.report import REFERENCE, REPORT
-
-FEDKEY = str(Path(sys.executable).with_name("fedkey"))
 
 
 def test_demo_preset_is_chitchat_small_model_hundreds_of_phones_compressed_without_dp():
@@ -39,14 +34,7 @@ def test_demo_help_lists_the_preset():
 @pytest.mark.slow
 def test_demo_runs_simulate_and_reports_against_the_trigram(prepared, tmp_path: Path):
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [FEDKEY, "demo", "--data", str(prepared.root), "--out", str(out), *(a for o in TINY for a in ("--set", o))],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_fedkey("demo", "--data", str(prepared.root), "--out", str(out), overrides=TINY)
     assert f"report: {out / REPORT}" in proc.stderr
     reference = json.loads((out / REFERENCE).read_text())
     final = json.loads((out / "final.json").read_text())

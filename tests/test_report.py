@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from simulate_helpers import TINY, LocalGrid, tiny_config
+from simulate_helpers import TINY, LocalGrid, run_fedkey, tiny_config
 from typer.testing import CliRunner
 
 from fedkey.cli import app
@@ -22,7 +20,6 @@ from fedkey.report import REFERENCE, REPORT, write_report
 from fedkey.server.app import SimulationRun
 from fedkey.simulate import RunSettings, build_setup
 
-FEDKEY = str(Path(sys.executable).with_name("fedkey"))
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make install installs it)")
 
@@ -127,16 +124,8 @@ def test_report_renders_in_a_real_browser(dp_run: Path, tmp_path: Path):
 def test_simulate_writes_the_report_at_the_end_of_a_run_and_of_a_resumed_run(prepared, tmp_path: Path):
     out = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith("simulate.rounds")]
-    base = [FEDKEY, "simulate", "--data", str(prepared.root), "--out", str(out)]
     for extra in (["--rounds", "1"], ["--rounds", "2", "--resume"]):
-        proc = subprocess.run(
-            [*base, *extra, *(a for o in overrides for a in ("--set", o))],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=os.environ | {"OMP_NUM_THREADS": "1"},
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = run_fedkey("simulate", "--data", str(prepared.root), "--out", str(out), *extra, overrides=overrides)
         assert f"report: {out / REPORT}" in proc.stderr
         rounds = extra[1]
         assert f"{rounds} of {rounds} (stopped by rounds)" in (out / REPORT).read_text()

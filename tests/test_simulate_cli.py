@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from simulate_helpers import TINY
+from simulate_helpers import TINY, run_fedkey
 from typer.testing import CliRunner
 
 from fedkey.cli import app
 from fedkey.models.manifest import load_bundle
 from fedkey.server.app import METRIC_KEYS
-
-FEDKEY = str(Path(sys.executable).with_name("fedkey"))
 
 
 def sets(*items: str) -> list[str]:
@@ -27,26 +22,18 @@ def sets(*items: str) -> list[str]:
 def test_cli_runs_rounds_through_flower_and_writes_every_output(prepared, tmp_path: Path):
     out = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith(("simulate.rounds", "simulate.export_bundle"))]
-    proc = subprocess.run(
-        [
-            FEDKEY,
-            "simulate",
-            "--data",
-            str(prepared.root),
-            "--out",
-            str(out),
-            "--rounds",
-            "2",
-            "--cohort",
-            "5",
-            *sets(*overrides, "simulate.phone_hosts=2"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    proc = run_fedkey(
+        "simulate",
+        "--data",
+        str(prepared.root),
+        "--out",
+        str(out),
+        "--rounds",
+        "2",
+        "--cohort",
+        "5",
+        overrides=[*overrides, "simulate.phone_hosts=2"],
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2]
     assert all(tuple(line) == METRIC_KEYS for line in lines)
