@@ -7,7 +7,7 @@ divided by the recall@1 of a `fedkey train-central` run's best checkpoint of the
 evaluated here on the same held-out word positions; the uploaded bytes are summed from metrics.jsonl.
 
     .venv/bin/python bench/fed_quality.py --central-run runs/central-default [--rounds R] [--cohort C]
-        [--positions N] [--set KEY=VALUE ...] [--out runs/fed-quality] [--quick] [--write]
+        [--positions N] [--set KEY=VALUE ...] [--out runs/fed-quality] [--resume] [--quick] [--write]
 
 `--quick` runs a few rounds of a small cohort (a smoke check of the measurement, not the figure).
 Last line: ``RESULT rounds=… compressed_over_central=… uncompressed_over_central=… compressed_mb_up=…
@@ -39,13 +39,16 @@ def shown(path: Path) -> str:
     return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
 
-def start_simulation(out: Path, data: Path, overrides: list[str]) -> subprocess.Popen:
-    """Starts one `fedkey simulate` run in a child process (its output goes to OUT/simulate.log)."""
+def start_simulation(out: Path, data: Path, overrides: list[str], resume: bool) -> subprocess.Popen:
+    """Starts one `fedkey simulate` run in a child process (its output goes to OUT/simulate.log); with
+    `resume`, a run folder holding a checkpoint continues from it (same result as an uninterrupted run)."""
     command = [str(Path(sys.executable).with_name("fedkey")), "simulate", "--out", str(out), "--data", str(data)]
+    if resume and (out / "checkpoint.pt").is_file():
+        command.append("--resume")
     for item in overrides:
         command += ["--set", item]
     out.mkdir(parents=True, exist_ok=True)
-    log = (out / "simulate.log").open("w")
+    log = (out / "simulate.log").open("a")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
 
@@ -117,6 +120,7 @@ def main() -> None:
         "--positions", type=int, default=20000, help="held-out word positions of every final evaluation (0 = all)"
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra simulate settings")
+    parser.add_argument("--resume", action="store_true", help="continue runs already in OUT from their checkpoints")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 10 phones: checks the measurement runs")
     parser.add_argument("--write", action="store_true", help="update the section in docs/results.md")
     args = parser.parse_args()
@@ -132,7 +136,8 @@ def main() -> None:
         *args.overrides,
     ]
     children = {
-        name: start_simulation(args.out / name, args.data, [*common, *extra]) for name, extra in VARIANTS.items()
+        name: start_simulation(args.out / name, args.data, [*common, *extra], args.resume)
+        for name, extra in VARIANTS.items()
     }
     torch.set_num_threads(1)
     central = central_recall(args.central_run, args.data, positions)
