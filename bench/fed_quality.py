@@ -83,8 +83,19 @@ def central_recall(run: Path, data: Path, max_positions: int) -> dict:
 
 def table(central: dict, runs: dict[str, dict], preset: str, commands: list[str]) -> str:
     base = central["held_out_users"]["recall@1"]
+    comp, dense = (runs[name]["held_out_users"]["recall@1"] / base for name in ("compressed", "uncompressed"))
+    rounds = runs["compressed"]["rounds"]
     lines = [
         SECTION,
+        "",
+        "`bench/fed_quality.py` runs `fedkey simulate` twice side by side (the default update pipeline, top-10% +",
+        "4-bit, against dense fp32 updates) and divides each final held-out recall@1 by that of the central",
+        "baseline's best checkpoint on the same held-out word positions (commands below). Wall times are",
+        "upper bounds: the 2-core machine ran other jobs. A run continued with `--resume` gives the same",
+        "result as an uninterrupted one.",
+        f"After {rounds} rounds federated training reaches {comp:.0%} of the central recall@1 with compression",
+        f"and {dense:.0%} without, uploading {runs['uncompressed']['bytes_up'] / runs['compressed']['bytes_up']:.0f}×",
+        f"fewer bytes with it. The issue's target is 97%{' (met)' if min(comp, dense) >= 0.97 else ' (not met yet)'}.",
         "",
         "| model | rounds | held-out recall@1 | recall@3 | of central recall@1 | uploaded | wall time |",
         "|---|---|---|---|---|---|---|",
