@@ -137,7 +137,8 @@ def _recall_png(run: RunFolder, xs: list[float], xlabel: str, integer_x: bool = 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("held-out recall (sample)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: lines stay visible
+    if ax.get_legend_handles_labels()[0]:  # a run stopped before its first evaluation has no lines
+        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: lines stay visible
     return figure_png(fig)
 
 
