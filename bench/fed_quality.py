@@ -9,7 +9,7 @@ evaluated here on the same held-out word positions; the uploaded bytes are summe
     .venv/bin/python bench/fed_quality.py --central-run runs/central-default [--rounds R] [--cohort C]
         [--positions N] [--set KEY=VALUE ...] [--out runs/fed-quality] [--resume] [--quick] [--write]
 
-`--quick` runs a few rounds of a small cohort (a smoke check of the measurement, not the figure).
+`--quick` runs 2 rounds of 5 phones (a smoke check of the measurement, not the figure).
 Last line: ``RESULT rounds=… compressed_over_central=… uncompressed_over_central=… compressed_mb_up=…
 uncompressed_mb_up=…``.
 """
@@ -132,12 +132,12 @@ def main() -> None:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra simulate settings")
     parser.add_argument("--resume", action="store_true", help="continue runs already in OUT from their checkpoints")
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 10 phones: checks the measurement runs")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 5 phones: checks the measurement runs")
     parser.add_argument("--write", action="store_true", help="update the section in docs/results.md")
     args = parser.parse_args()
 
     preset = load_config(args.central_run / "config.toml").model.preset
-    rounds, cohort, positions = (3, 10, 2000) if args.quick else (args.rounds, args.cohort, args.positions)
+    rounds, cohort, positions = (2, 5, 1000) if args.quick else (args.rounds, args.cohort, args.positions)
     common = [
         f'model.preset="{preset}"',
         f"simulate.rounds={rounds}",
