@@ -19,23 +19,9 @@ from pathlib import Path
 
 from fedkey.config import CentralConfig, load_config
 from fedkey.device_sim.federated_data import FederatedData, prepare
-from fedkey.models.metrics import limit_positions, recall_at_k
-from fedkey.models.ngram import KneserNey
+from fedkey.ngram_baseline import ngram_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def ngram_metrics(data: FederatedData, order: int, max_positions: int) -> dict[str, dict[str, float]]:
-    model = KneserNey((m for u in data.train_users for m in u.messages), data.lexicon, order=order)
-    out = {}
-    for name, messages in (
-        ("held_out_users", [m for u in data.test_users for m in u.messages]),
-        ("personal", [m for u in data.train_users for m in u.personal]),
-    ):
-        tokens = limit_positions(messages, max_positions)
-        out[name] = recall_at_k(model, tokens, set(data.lexicon)).as_dict()
-        out[name]["word_perplexity"] = model.perplexity(" ".join(t) for t in tokens)
-    return out
 
 
 def quick_lstm(data: FederatedData, max_positions: int) -> tuple[dict, str]:

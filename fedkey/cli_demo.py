@@ -63,11 +63,9 @@ def demo_command(
 def trigram_reference(data_dir: Path, max_positions: int) -> dict[str, float | str]:
     """Held-out recall of the interpolated Kneser-Ney trigram on the positions the final evaluation uses."""
     from fedkey.device_sim.federated_data import FederatedData
-    from fedkey.models.metrics import limit_positions, recall_at_k
-    from fedkey.models.ngram import KneserNey
+    from fedkey.ngram_baseline import ngram_metrics
 
     fd = FederatedData.load(data_dir)
     console.print("fitting the Kneser-Ney trigram baseline (the report's reference line) ...")
-    trigram = KneserNey((m for u in fd.train_users for m in u.messages), fd.lexicon, order=3)
-    held_out = limit_positions([m for u in fd.test_users for m in u.messages], max_positions)
-    return {"name": "Kneser-Ney trigram"} | recall_at_k(trigram, held_out, set(fd.lexicon)).as_dict()
+    held_out = ngram_metrics(fd, 3, max_positions, splits=["held_out_users"])["held_out_users"]
+    return {"name": "Kneser-Ney trigram"} | held_out

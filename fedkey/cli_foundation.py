@@ -75,20 +75,10 @@ def baseline_command(
     out: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
 ) -> None:
     """Interpolated Kneser-Ney n-gram baseline: recall@1/@3 and perplexity on held-out and personal text."""
-    from fedkey.models.metrics import limit_positions, recall_at_k
-    from fedkey.models.ngram import KneserNey
+    from fedkey.ngram_baseline import ngram_metrics
 
     fd = _load_data(data)
-    model = KneserNey((m for u in fd.train_users for m in u.messages), fd.lexicon, order=order)
-    result = {"model": f"kneser-ney-{order}gram"}
-    for name, messages in (
-        ("held_out_users", [m for u in fd.test_users for m in u.messages]),
-        ("personal", [m for u in fd.train_users for m in u.personal]),
-    ):
-        tokens = limit_positions(messages, max_positions)
-        metrics = recall_at_k(model, tokens, set(fd.lexicon)).as_dict()
-        metrics["word_perplexity"] = model.perplexity(" ".join(t) for t in tokens)
-        result[name] = metrics
+    result = {"model": f"kneser-ney-{order}gram"} | ngram_metrics(fd, order, max_positions)
     typer.echo(json.dumps(result, indent=2))
     if out:
         out.write_text(json.dumps(result, indent=2))
