@@ -85,6 +85,7 @@ def run_config(data_dir: Path, out: Path, cohort: int, rounds: int, cpus: int) -
         "simulate.local_steps": 0,
         "simulate.local_batch_size": 16,
         "simulate.max_messages_per_phone": 64,
+        "simulate.message_selection": "first",
         "simulate.seq_len": 20,
         "simulate.phone_hosts": cpus,
         "simulate.threads": 1,

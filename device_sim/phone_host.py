@@ -11,8 +11,9 @@ float32 global weights "weights", and ``ConfigRecord`` "config" holding the roun
 :meth:`HostTask.to_config` (data folder, model shape, population, update pipeline, local training).
 
 For each listed phone: the text of its real user (``Population.user_of``; phones beyond the real
-users reuse a real user's text), its first ``max-messages`` messages cut into ``seq-len`` windows,
-shuffled by the phone's seed, grouped into batches; ``local-steps`` SGD steps (or ``local-epochs``
+users reuse a real user's text), at most ``max-messages`` of its messages (``message-selection``
+"sample": a fresh sample drawn with the phone's round seed, as a phone's training cache holds new text
+each day; "first": always the same first ones) cut into ``seq-len`` windows, shuffled by the phone's seed, grouped into batches; ``local-steps`` SGD steps (or ``local-epochs``
 passes). The ``torch`` engine runs :mod:`batched_training` (``phone-group`` phones stacked together); the
 ``onnx`` engine runs ``local_update.onnx`` phone by phone, as the phone runs it (graphs exported once
 per process into a cache folder). Then the update pipeline encodes all deltas at once.
@@ -58,11 +59,12 @@ from fedkey.device_sim.population import Population
 from fedkey.models.cifg_lstm import ModelConfig
 from fedkey.models.onnx_local_update import Batches, OnnxLocalUpdate
 from fedkey.models.onnx_train import export_train_graphs
-from fedkey.models.sequences import SequenceBatch, message_sequences
+from fedkey.models.sequences import SequenceBatch, encode_sequences
 from fedkey.protocol.pipeline import UpdatePipeline
 from fedkey.protocol.pipeline_config import PipelineConfig
 
 Engine = Literal["torch", "onnx"]
+MessageSelection = Literal["sample", "first"]
 
 
 class PhoneHostError(ValueError):
@@ -84,6 +86,7 @@ class HostTask:
     local_epochs: float = 1.0
     local_steps: int = 0
     max_messages: int = 64
+    message_selection: MessageSelection = "sample"
     lr: float = 0.5
     grad_clip: float = 1.0
     delta_clip: float = 0.0
@@ -104,6 +107,7 @@ class HostTask:
             "local-epochs": float(self.local_epochs),
             "local-steps": self.local_steps,
             "max-messages": self.max_messages,
+            "message-selection": self.message_selection,
             "lr": float(self.lr),
             "grad-clip": float(self.grad_clip),
             "delta-clip": float(self.delta_clip),
@@ -121,6 +125,9 @@ class HostTask:
             engine = str(record["engine"])
             if engine not in ("torch", "onnx"):
                 raise PhoneHostError(f"engine must be 'torch' or 'onnx', got {engine!r}")
+            selection = str(record["message-selection"])
+            if selection not in ("sample", "first"):
+                raise PhoneHostError(f"message-selection must be 'sample' or 'first', got {selection!r}")
             return cls(
                 data_dir=str(node.get("data-dir") or record["data-dir"]),
                 model=ModelConfig.model_validate_json(str(record["model"])),
@@ -133,6 +140,7 @@ class HostTask:
                 local_epochs=float(record["local-epochs"]),  # type: ignore[arg-type]
                 local_steps=int(record["local-steps"]),  # type: ignore[arg-type]
                 max_messages=int(record["max-messages"]),  # type: ignore[arg-type]
+                message_selection=selection,  # type: ignore[arg-type]
                 lr=float(record["lr"]),  # type: ignore[arg-type]
                 grad_clip=float(record["grad-clip"]),  # type: ignore[arg-type]
                 delta_clip=float(record["delta-clip"]),  # type: ignore[arg-type]
@@ -151,7 +159,6 @@ class HostTask:
             self.pipeline.model_dump_json(),
             str(self.run_seed),
             str(self.seq_len),
-            str(self.max_messages),
         )
 
 
@@ -226,26 +233,36 @@ class PhoneHost:
             )
         self.pipeline = UpdatePipeline(task.pipeline, self.model.num_parameters())
         self.cache_dir = cache_dir
-        self._sequences: dict[int, SequenceBatch] = {}
+        self._encoded: dict[int, list[list[int]]] = {}
         self._onnx: OnnxLocalUpdate | None = None
 
-    def sequences(self, user: int) -> SequenceBatch:
-        """A real user's training windows (first ``max_messages`` messages), cached."""
-        if user not in self._sequences:
-            messages = self.users[user].messages
-            if self.task.max_messages:
-                messages = messages[: self.task.max_messages]
-            self._sequences[user] = message_sequences(self.data.tokenizer, messages, self.task.seq_len)
-        return self._sequences[user]
+    def encoded(self, user: int) -> list[list[int]]:
+        """A real user's messages as piece ids, cached."""
+        if user not in self._encoded:
+            self._encoded[user] = self.data.tokenizer.encode_batch(list(self.users[user].messages))
+        return self._encoded[user]
+
+    def sequences(self, user: int, rng: np.random.Generator) -> SequenceBatch:
+        """The training windows of a phone of ``user`` this round: all its messages when it has at most
+        ``max_messages``, else that many, sampled with ``rng`` or the first ones (``message_selection``)."""
+        encoded = self.encoded(user)
+        limit = self.task.max_messages
+        if limit and len(encoded) > limit:
+            if self.task.message_selection == "first":
+                encoded = encoded[:limit]
+            else:
+                encoded = [encoded[i] for i in np.sort(rng.choice(len(encoded), limit, replace=False))]
+        return encode_sequences(encoded, self.task.seq_len)
 
     def phone_batches(self, user: int, seed: int) -> tuple[Batches, int, int, int]:
         """(batches, steps, examples, tokens) of one phone this round.
 
-        The phone's seed shuffles its rows; rows of similar length share a batch (ties in random order)
-        and the batch order is shuffled, so the torch engine can cut padding off each step.
+        The phone's seed picks its messages (:meth:`sequences`) and shuffles their rows; rows of
+        similar length share a batch (ties in random order) and the batch order is shuffled, so the
+        torch engine can cut padding off each step.
         """
-        seqs = self.sequences(user)
         rng = np.random.default_rng(seed)
+        seqs = self.sequences(user, rng)
         order = rng.permutation(len(seqs))
         order = order[np.argsort(seqs.lengths[order], kind="stable")]
         rows = seqs.take(order)
@@ -284,7 +301,7 @@ class PhoneHost:
         work = [
             (phone, *self.phone_batches(user, seed))
             for phone, user, seed in zip(phone_ids, users.tolist(), phone_seeds, strict=True)
-            if len(self.sequences(user))
+            if self.encoded(user)
         ]
         work.sort(key=lambda w: -w[2])
         out = HostResult([], [], [], [], [], 0.0, 0.0)

@@ -139,7 +139,13 @@ class SimulateConfig(_Strict):
         0.0, ge=0, description="L2 clip of the phone's delta before the update pipeline (0 = none)"
     )
     max_messages_per_phone: int = Field(
-        64, ge=0, description="a phone trains on its user's first N messages (0 = all): bounds local work"
+        64, ge=0, description="a phone trains on at most N of its user's messages a round (0 = all): bounds local work"
+    )
+    message_selection: Literal["sample", "first"] = Field(
+        "sample",
+        description="which messages a phone with more than max_messages_per_phone trains on: sample = a "
+        "fresh seeded sample each round (a phone's training cache holds new text each day); first = always "
+        "its first ones (repeats the same text every time it is selected, and over-fits it)",
     )
     seq_len: int = Field(20, ge=4, description="local training sequence length in pieces (longer messages split)")
     local_engine: Literal["torch", "onnx"] = Field(

@@ -143,8 +143,12 @@ def user_flops(data: FederatedData, model: ModelConfig, config: FedkeyConfig) ->
     per_position = train_flops_per_position(model)
     out = np.empty(len(data.train_users), np.float64)
     for i, user in enumerate(data.train_users):
-        messages = user.messages[: sim.max_messages_per_phone] if sim.max_messages_per_phone else user.messages
-        rows = len(message_sequences(data.tokenizer, messages, sim.seq_len))
+        limit = sim.max_messages_per_phone or len(user.messages)
+        if sim.message_selection == "first":
+            rows = len(message_sequences(data.tokenizer, user.messages[:limit], sim.seq_len))
+        else:  # the expected rows of a sample of `limit` messages
+            rows = len(message_sequences(data.tokenizer, user.messages, sim.seq_len))
+            rows = round(rows * min(1.0, limit / len(user.messages)))
         batches = max(1, math.ceil(rows / sim.local_batch_size))
         steps = sim.local_steps or max(1, math.ceil(sim.local_epochs * batches))
         out[i] = steps * sim.local_batch_size * sim.seq_len * per_position
@@ -266,6 +270,7 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         local_epochs=sim.local_epochs,
         local_steps=sim.local_steps,
         max_messages=sim.max_messages_per_phone,
+        message_selection=sim.message_selection,
         lr=sim.local_lr,
         grad_clip=sim.local_grad_clip,
         delta_clip=sim.local_delta_clip,

@@ -70,3 +70,23 @@ def test_onnx_engine_agrees_with_torch_engine(prepared, tmp_path: Path):
         assert result.phone_ids == ids and min(result.examples) > 0
         deltas[engine] = np.stack([decode(p, len(setup.initial_weights)).delta for p in result.payloads])
     np.testing.assert_allclose(deltas["onnx"], deltas["torch"], atol=1e-5)
+
+
+def test_message_selection_samples_fresh_text_each_round(prepared):
+    task = build_setup(tiny_config("simulate.max_messages_per_phone=3"), prepared.root).task
+    host = PhoneHost(task)
+    user = max(range(len(host.users)), key=lambda u: len(host.users[u].messages))
+    assert len(host.users[user].messages) > 3
+
+    def picked(seed: int, selection: str) -> set[tuple[int, ...]]:
+        host.task = HostTask.from_config(task.to_config() | {"message-selection": selection})
+        seqs = host.sequences(user, np.random.default_rng(seed))
+        return {tuple(row[row > 0]) for row in seqs.inputs}
+
+    assert picked(5, "sample") == picked(5, "sample")  # the phone's round seed decides
+    rounds = [picked(seed, "sample") for seed in range(8)]
+    assert len(set(map(frozenset, rounds))) > 1  # other rounds, other messages
+    assert len(set().union(*rounds)) > max(map(len, rounds))  # over rounds it sees more than one window's text
+    assert len({frozenset(picked(seed, "first")) for seed in range(8)}) == 1
+    with pytest.raises(PhoneHostError, match="message-selection"):
+        HostTask.from_config(task.to_config() | {"message-selection": "latest"})
