@@ -73,6 +73,27 @@ def test_top_k_breaks_ties_toward_lower_index() -> None:
     assert top_k_indices(x, 6).tolist() == [[0, 1, 2, 3, 4, 5]]
 
 
+@pytest.mark.parametrize("kind", ["heavy_tailed", "ties", "clustered", "sparse"])
+def test_top_k_matches_a_full_sort_on_long_rows(kind: str) -> None:
+    """Long rows take the sampled-threshold path; it must pick exactly what a stable full sort picks."""
+    rng = np.random.default_rng(1)
+    dim = 200_003
+    if kind == "heavy_tailed":
+        x = rng.standard_normal((3, dim)) * rng.exponential(1, (3, dim))
+    elif kind == "ties":  # few distinct magnitudes: many ties at the threshold
+        x = rng.integers(-3, 4, (3, dim)).astype(np.float64)
+    elif kind == "clustered":  # the large values sit in one block the strided sample mostly misses
+        x = rng.standard_normal((3, dim)) * 1e-3
+        x[:, 5000:30000] += rng.standard_normal((3, 25_000))
+    else:  # fewer non-zeros than k
+        x = np.zeros((3, dim))
+        x[:, rng.choice(dim, 500, replace=False)] = 1.0
+    x = x.astype(np.float32)
+    for k in (1, 977, dim // 10, dim - 1):
+        want = np.sort(np.argsort(-np.abs(x), axis=1, kind="stable")[:, :k], axis=1)
+        assert np.array_equal(top_k_indices(x, k), want), k
+
+
 def test_varint_gaps() -> None:
     idx = np.array([0, 1, 127, 128 + 127, 100_000, 2**32 - 2])
     blob = encode_gaps(idx)
