@@ -13,10 +13,11 @@ float32 global weights "weights", and ``ConfigRecord`` "config" holding the roun
 For each listed phone: the text of its real user (``Population.user_of``; phones beyond the real
 users reuse a real user's text), at most ``max-messages`` of its messages (``message-selection``
 "sample": a fresh sample drawn with the phone's round seed, as a phone's training cache holds new text
-each day; "first": always the same first ones) cut into ``seq-len`` windows, shuffled by the phone's seed, grouped into batches; ``local-steps`` SGD steps (or ``local-epochs``
-passes). The ``torch`` engine runs :mod:`batched_training` (``phone-group`` phones stacked together); the
-``onnx`` engine runs ``local_update.onnx`` phone by phone, as the phone runs it (graphs exported once
-per process into a cache folder). Then the update pipeline encodes all deltas at once.
+each day; "first": always the same first ones) cut into ``seq-len`` windows, shuffled by the phone's
+seed, grouped into batches; ``local-steps`` SGD steps (or ``local-epochs`` passes). The ``torch``
+engine runs :mod:`batched_training` (``phone-group`` phones stacked together); the ``onnx`` engine
+runs ``local_update.onnx`` phone by phone, as the phone runs it (graphs exported once per process
+into a cache folder). Then the update pipeline encodes all deltas at once.
 
 Message out: ``ConfigRecord`` "updates" (``phone-ids``, ``payloads``: one wire-format v1 message per
 phone), ``MetricRecord`` "metrics" (per-phone ``examples`` = training sequences, ``tokens``,

@@ -215,7 +215,9 @@ class UpdatePipeline:
             chunk = x[rows]
             if not np.isfinite(chunk).all():
                 raise PipelineInputError("deltas contain NaN or infinite values")
-            batch = Batch(self.dim, shared[rows], private[rows], values=chunk.astype(np.float64))
+            # top-k first selects on the float32 values and widens only the kept ones (same result)
+            values = chunk if stages and isinstance(stages[0], TopK) else chunk.astype(np.float64)
+            batch = Batch(self.dim, shared[rows], private[rows], values=values)
             if residuals is not None:
                 batch.residuals = residuals[rows].astype(np.float64)
             for stage in stages:
@@ -270,12 +272,21 @@ def _server_halves(stages: list[Stage], batch: Batch, out: np.ndarray) -> None:
     """Run the server halves (binary64) and write the float32 result into `out` [n, d]."""
     if batch.values is not None:
         batch.values = batch.values.astype(np.float64)
-    for stage in reversed(stages):
+    # a leading top-k scatters its kept values straight into `out` (no dense binary64 copy; same result)
+    sparse = bool(stages) and isinstance(stages[0], TopK)
+    for stage in reversed(stages[1:] if sparse else stages):
         stage.server(batch)
     assert batch.values is not None
     with np.errstate(over="ignore"):
-        out[...] = batch.values
-    if not np.isfinite(out).all():
+        if sparse:
+            assert batch.indices is not None
+            kept = batch.values.astype(np.float32)
+            out[...] = 0.0
+            np.put_along_axis(out, batch.indices, kept, axis=1)
+        else:
+            out[...] = batch.values
+            kept = out
+    if not np.isfinite(kept).all():
         raise InvalidValueError("decoded update is not finite (value ranges overflow float32)")
 
 

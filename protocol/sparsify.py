@@ -82,14 +82,17 @@ def _top_k_row(mag: np.ndarray, k: int) -> np.ndarray:
     them alone. A guess that leaves fewer than k candidates falls back to the whole row.
     """
     dim = mag.shape[0]
-    candidates = np.arange(dim)
+    candidates = None
     if dim > 4 * _THRESHOLD_SAMPLE:
         sample = np.sort(mag[:: dim // _THRESHOLD_SAMPLE])
-        # aim for ~5% more candidates than k (plus sampling slack) so the guess rarely undershoots
-        rank = int(sample.size * (1 - min(1.0, 1.05 * k / dim + 4 / np.sqrt(sample.size))))
-        above = np.flatnonzero(mag >= sample[max(rank, 0)])
+        # a sample quantile's fraction has standard deviation sqrt(p(1-p)/n): aim 2% + 4 of those above k
+        p = k / dim
+        above_fraction = min(1.0, 1.02 * p + 4 * np.sqrt(p * (1 - p) / sample.size))
+        above = np.flatnonzero(mag >= sample[max(int(sample.size * (1 - above_fraction)), 0)])
         if above.size >= k:
             candidates = above
+    if candidates is None:
+        candidates = np.arange(dim)
     values = mag[candidates]
     thresh = np.partition(values, values.size - k)[values.size - k]
     greater = values > thresh
@@ -107,7 +110,7 @@ def encode_gaps(indices: np.ndarray) -> bytes:
         raise ValueError("indices must be strictly increasing")
     g = gaps.astype(np.uint64)
     nbytes = np.ones(g.shape, dtype=np.int64)
-    for shift in (7, 14, 21, 28, 35, 42, 49, 56, 63):
+    for shift in range(7, 7 * _varint_bytes(int(g.max(initial=0))), 7):  # only the shifts the largest gap needs
         nbytes += (g >> np.uint64(shift)) > 0
     total = int(nbytes.sum())
     out = np.empty(total, dtype=np.uint8)
@@ -118,6 +121,11 @@ def encode_gaps(indices: np.ndarray) -> bytes:
         more = nbytes[has] > b + 1
         out[starts[has] + b] = byte | (more.astype(np.uint8) << 7)
     return out.tobytes()
+
+
+def _varint_bytes(value: int) -> int:
+    """Bytes of one LEB128 varint of ``value``."""
+    return max(1, -(-value.bit_length() // 7))
 
 
 def decode_gaps(blob: bytes | np.ndarray, count: int, dim: int) -> np.ndarray:

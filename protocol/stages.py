@@ -207,7 +207,7 @@ class TopK(Stage):
     def device(self, batch: Batch) -> None:
         assert batch.values is not None
         batch.indices = top_k_indices(batch.values, self.k)
-        batch.values = np.take_along_axis(batch.values, batch.indices, axis=1)
+        batch.values = np.take_along_axis(batch.values, batch.indices, axis=1).astype(np.float64)
 
     def server(self, batch: Batch) -> None:
         assert batch.values is not None and batch.indices is not None
