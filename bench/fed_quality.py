@@ -58,6 +58,8 @@ def finished_run(out: Path) -> dict:
     rows = read_jsonl(out / "metrics.jsonl")
     final["bytes_up"] = sum(r["bytes_up"] for r in rows)
     final["wall_time_s"] = rows[-1]["wall_time_s"]
+    final["curve"] = [(r["round"], r["recall@1"], r["loss"]) for r in rows if r.get("recall@1") is not None]
+    final["simulate"] = load_config(out / "config.toml").simulate
     return final
 
 
@@ -108,6 +110,19 @@ def table(central: dict, runs: dict[str, dict], preset: str, commands: list[str]
             f"| federated, {name} | {final['rounds']} | {held['recall@1']:.4f} | {held['recall@3']:.4f} | "
             f"{held['recall@1'] / base:.3f} | {final['bytes_up'] / 1e6:.1f} MB | {final['wall_time_s'] / 60:.1f} min |"
         )
+    sim = runs["compressed"]["simulate"]
+    lines += [
+        "",
+        f"Each phone trains on at most {sim.max_messages_per_phone or 'all'} of its user's messages a round",
+        f'(`simulate.message_selection = "{sim.message_selection}"`). The runs\' sampled held-out recall@1 and',
+        "the phones' mean local loss (nats per piece) by round, from `RUN/metrics.jsonl`:",
+        "",
+        "| round | " + " | ".join(f"{name} recall@1 | {name} loss" for name in runs) + " |",
+        "|---|" + "---|---|" * len(runs),
+    ]
+    for points in zip(*(run["curve"] for run in runs.values()), strict=True):
+        cells = [f"{recall:.3f} | {loss:.2f}" for _, recall, loss in points]
+        lines.append(f"| {points[0][0]} | " + " | ".join(cells) + " |")
     lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
     return "\n".join(lines)
 
