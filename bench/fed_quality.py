@@ -177,8 +177,13 @@ def main() -> None:
         for name, extra in VARIANTS.items()
     ]
     commands.append(
-        "python bench/fed_quality.py --central-run {} --rounds {} --cohort {} --positions {} {}--write".format(
-            shown(args.central_run), rounds, cohort, positions, "".join(f"--set '{o}' " for o in args.overrides)
+        "python bench/fed_quality.py --central-run {} --out {} --rounds {} --cohort {} --positions {} {}--write".format(
+            shown(args.central_run),
+            shown(args.out),
+            rounds,
+            cohort,
+            positions,
+            "".join(f"--set '{o}' " for o in args.overrides),
         )
     )
     text = table(central, runs, preset, commands)
