@@ -8,7 +8,6 @@ Writes into the run folder: `config.toml` (effective), `metrics.jsonl` (one line
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from fedkey.device_sim.federated_data import FederatedData, sample_messages
 from fedkey.models.checkpoint import Checkpoint
 from fedkey.models.cifg_lstm import CifgLstm
 from fedkey.models.evaluate import evaluate_model
+from fedkey.models.schedules import lr_factor
 from fedkey.models.sequences import SequenceBatch, length_bucketed_batches, message_sequences
 from fedkey.plots import plot_metrics
 
@@ -37,13 +37,6 @@ def training_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("central.device = 'cuda' but torch sees no GPU; use central.device = 'cpu'")
     return torch.device(name)
-
-
-def lr_factor(schedule: str, step: int, total_steps: int) -> float:
-    """Multiplier of `central.lr` at `step`: 1 for constant, half a cosine down to 0 for cosine."""
-    if schedule == "constant":
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
 def train_central(

@@ -134,6 +134,11 @@ class SimulateConfig(_Strict):
     local_steps: int = Field(0, ge=0, description="SGD steps per phone per round; 0 = set by local_epochs")
     local_batch_size: int = Field(16, ge=1, description="sequences per local SGD step")
     local_lr: float = Field(1.0, gt=0, description="phones' SGD learning rate")
+    local_lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="phones' learning rate over the rounds: constant, or half a cosine from local_lr down "
+        "toward 0 at the last of simulate.rounds (constant-rate SGD stalls at its noise floor)",
+    )
     local_grad_clip: float = Field(5.0, ge=0, description="global L2 clip of each local gradient (0 = none)")
     local_delta_clip: float = Field(
         0.0, ge=0, description="L2 clip of the phone's delta before the update pipeline (0 = none)"

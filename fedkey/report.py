@@ -244,7 +244,8 @@ def _local_text(cfg: FedkeyConfig) -> str:
     sim = cfg.simulate
     work = f"{sim.local_steps} steps" if sim.local_steps else f"{sim.local_epochs:g} epoch(s)"
     return (
-        f"{work}, batch {sim.local_batch_size}, SGD lr {sim.local_lr:g}, gradient clip {sim.local_grad_clip:g}, "
+        f"{work}, batch {sim.local_batch_size}, SGD lr {sim.local_lr:g} ({sim.local_lr_schedule}), "
+        f"gradient clip {sim.local_grad_clip:g}, "
         f"≤ {sim.max_messages_per_phone or 'all'} messages per phone ({sim.message_selection}), "
         f"engine {sim.local_engine}"
     )

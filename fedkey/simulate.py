@@ -257,6 +257,8 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         central_dp=dp,
         # per-phone ε of local DP is reported at the privacy package's default δ for a phone's reports
         local_dp_delta=LocalAccountingConfig().delta if pipeline.local_mechanism() is not None else None,
+        local_lr_schedule=sim.local_lr_schedule,
+        rounds=sim.rounds,
     )
     task = HostTask(
         data_dir=str(Path(data_dir).resolve()),

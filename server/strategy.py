@@ -54,6 +54,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedkey.models.schedules import Schedule, lr_factor
 from fedkey.privacy.accountant import CentralDpAccountant
 from fedkey.privacy.config import CentralDpConfig
 from fedkey.privacy.ledger import DeviceLedger
@@ -96,6 +97,8 @@ class FleetStrategySettings:
     optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
     central_dp: CentralDpConfig | None = None
     local_dp_delta: float | None = None  # per-phone ledger δ when the pipeline has local DP noise
+    local_lr_schedule: Schedule = "constant"  # the task's "lr" in round r is scaled by lr_factor(r - 1, rounds)
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.cohort_size < 1 or self.min_reports < 1 or self.deadline_s <= 0:
@@ -244,6 +247,8 @@ class FleetStrategy(Strategy):
         assignment: dict[int, set[int]] = {}
         messages = []
         base = dict(self.task_config) | dict(config)
+        if "lr" in base:
+            base["lr"] = float(base["lr"]) * lr_factor(s.local_lr_schedule, server_round - 1, s.rounds)  # type: ignore[arg-type]
         for h, node in enumerate(nodes):
             ids = reporting[h :: len(nodes)]
             if ids.size == 0:

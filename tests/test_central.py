@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fedkey.central import lr_factor, training_device
+from fedkey.central import training_device
+from fedkey.models.schedules import lr_factor
 
 
 def test_cosine_schedule_runs_from_full_rate_to_zero() -> None:

@@ -11,6 +11,8 @@ import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from simulate_helpers import LocalGrid, tiny_config
 
+from fedkey.device_sim.phone_host import HostTask
+from fedkey.models.schedules import lr_factor
 from fedkey.server.strategy import FleetStrategy
 from fedkey.simulate import build_setup
 
@@ -200,3 +202,20 @@ def test_local_dp_reports_are_recorded_per_phone(prepared):
     second, _ = run_round(strategy, grid, 2)
     assert second.epsilon >= first.epsilon
     assert sum(strategy.ledger.participations(p) for p in strategy.ledger.phones()) == first.accepted + second.accepted
+
+
+def test_cosine_local_lr_schedule_scales_each_rounds_task(prepared):
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        schedule_key = f'simulate.local_lr_schedule="{schedule}"'
+        strategy = strategy_for(prepared, "simulate.rounds=4", "simulate.local_lr=0.8", schedule_key)
+        grid = LocalGrid()
+        rates[schedule] = []
+        for rnd in range(1, 5):
+            _, messages = run_round(strategy, grid, rnd)
+            tasks = {HostTask.from_config(m.content.config_records["config"]).lr for m in messages}
+            assert len(tasks) == 1  # every host trains its phones at the round's rate
+            rates[schedule].append(tasks.pop())
+    assert rates["constant"] == [0.8] * 4
+    assert rates["cosine"] == pytest.approx([0.8 * lr_factor("cosine", r, 4) for r in range(4)])
+    assert rates["cosine"][0] == 0.8 and rates["cosine"][-1] < 0.15
