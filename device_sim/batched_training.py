@@ -184,14 +184,30 @@ def _stacked_params(w: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, 
     return {n: part.reshape(w.shape[0], *shapes[n]) for n, part in zip(PARAM_NAMES, parts, strict=True)}
 
 
+def _dropout_masks(generators: Sequence[torch.Generator], rows: int, width: int, rate: float) -> Tensor:
+    """Inverted-dropout multipliers [P, rows, width]: 0 with probability ``rate``, else 1 / (1 - rate); phone
+    p's from its own generator (its draws do not depend on the other phones of the group)."""
+    keep = torch.stack([torch.empty(rows, width).bernoulli_(1.0 - rate, generator=g) for g in generators])
+    return keep.div_(1.0 - rate)
+
+
 def phone_losses(
-    w: Tensor, tokens: Tensor, targets: Tensor, mask: Tensor, shapes: dict[str, tuple[int, ...]], chunk: int
+    w: Tensor,
+    tokens: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    shapes: dict[str, tuple[int, ...]],
+    chunk: int,
+    dropout: float = 0.0,
+    generators: Sequence[torch.Generator] = (),
 ) -> Tensor:
     """Each phone's mean NLL per counted position: w [P, D], tokens/targets [P, B, T], mask [P, B, T].
 
     Phone p's loss is ``models.onnx_train.mean_loss`` of its own weights and batch; the recurrence is
     ``models.cifg_lstm.hidden_states`` on stacked weights (``x @ w`` of [P, B, E] by [P, E, 3H] is a
     batched matmul), with the embedding table flattened to [P * V, E] and token ids offset by phone.
+    ``dropout`` > 0 drops input embedding entries and projected outputs as ``CifgLstm.loss`` does (one
+    generator per phone draws the masks).
     """
     params = _stacked_params(w, shapes)
     phones, batch, steps = tokens.shape
@@ -199,8 +215,12 @@ def phone_losses(
     offsets = torch.arange(phones, dtype=tokens.dtype)[:, None, None] * vocab
     # time-major rows ([P, T * B]): the input projection of every step in one batched matmul
     x = params["embedding"].reshape(phones * vocab, embed)[(tokens + offsets).transpose(1, 2).reshape(phones, -1)]
+    if dropout > 0:
+        x = x * _dropout_masks(generators, steps * batch, embed, dropout)
     xw = torch.baddbmm(params["b"][:, None, :], x, params["w_x"]).reshape(phones, steps, batch, -1)
     out = _Recurrence.apply(xw, params["w_h"], params["w_proj"])
+    if dropout > 0:
+        out = out * _dropout_masks(generators, steps * batch, embed, dropout).reshape(phones, steps, batch, embed)
     flat_mask = mask.transpose(1, 2).reshape(phones, -1)
     totals = fused_nll(
         out.reshape(phones, steps * batch, embed),
@@ -224,10 +244,13 @@ def train_phones(
     delta_clip: float,
     group: int | None = None,
     chunk: int = SOFTMAX_CHUNK,
+    dropout: float = 0.0,
+    seeds: Sequence[int] | None = None,
 ) -> PhonesResult:
     """Run every phone's local update from the same start ``weights``; phone i uses ``batches[i]``.
 
-    ``group`` phones are stacked together (None: as many as :func:`group_size` allows).
+    ``group`` phones are stacked together (None: as many as :func:`group_size` allows). ``dropout`` > 0
+    regularises local training like ``central.dropout`` (the masks of phone i come from ``seeds[i]``).
     """
     config = config.resolved()
     shapes = config.param_shapes()
@@ -236,6 +259,8 @@ def train_phones(
         raise LocalUpdateError(f"weights must be float32 of shape ({dim},); got {weights.dtype} {weights.shape}")
     if len(batches) != len(steps) or any(k < 1 for k in steps):
         raise LocalUpdateError("need one batch set and a step count >= 1 per phone")
+    if not 0.0 <= dropout < 1.0 or (dropout > 0 and (seeds is None or len(seeds) != len(batches))):
+        raise LocalUpdateError("dropout must be in [0, 1) and needs one seed per phone")
     n = len(batches)
     deltas = np.empty((n, dim), np.float32)
     losses = np.empty(n, np.float32)
@@ -261,6 +286,7 @@ def train_phones(
             )
             for i in members
         ]
+        generators = [torch.Generator().manual_seed(int(seeds[i])) for i in members] if dropout > 0 else []
         w = start.expand(len(members), dim).clone()
         loss_sum = torch.zeros(len(members))
         for k in range(steps[members[0]]):
@@ -274,7 +300,7 @@ def train_phones(
                 cols = int(torch.nonzero(msk.sum(dim=(0, 1))).max()) + 1
                 tok, tgt, msk = tok[:, :rows, :cols], tgt[:, :rows, :cols], msk[:, :rows, :cols]
             w_active = w[:active].detach().requires_grad_()
-            step_losses = phone_losses(w_active, tok, tgt, msk, shapes, chunk)
+            step_losses = phone_losses(w_active, tok, tgt, msk, shapes, chunk, dropout, generators[:active])
             (grads,) = torch.autograd.grad(step_losses.sum(), w_active)
             with torch.no_grad():
                 scale = clip_scale(torch.linalg.vector_norm(grads, dim=1), clip_t)

@@ -91,6 +91,7 @@ class HostTask:
     lr: float = 0.5
     grad_clip: float = 1.0
     delta_clip: float = 0.0
+    dropout: float = 0.0
     threads: int = 1
     phone_group: int = 1
 
@@ -112,6 +113,7 @@ class HostTask:
             "lr": float(self.lr),
             "grad-clip": float(self.grad_clip),
             "delta-clip": float(self.delta_clip),
+            "dropout": float(self.dropout),
             "threads": self.threads,
             "phone-group": self.phone_group,
         }
@@ -126,6 +128,9 @@ class HostTask:
             engine = str(record["engine"])
             if engine not in ("torch", "onnx"):
                 raise PhoneHostError(f"engine must be 'torch' or 'onnx', got {engine!r}")
+            dropout = float(record["dropout"])  # type: ignore[arg-type]
+            if not 0.0 <= dropout < 1.0 or (dropout > 0 and engine != "torch"):
+                raise PhoneHostError(f"dropout must be in [0, 1) and needs the torch engine, got {dropout} ({engine})")
             selection = str(record["message-selection"])
             if selection not in ("sample", "first"):
                 raise PhoneHostError(f"message-selection must be 'sample' or 'first', got {selection!r}")
@@ -145,6 +150,7 @@ class HostTask:
                 lr=float(record["lr"]),  # type: ignore[arg-type]
                 grad_clip=float(record["grad-clip"]),  # type: ignore[arg-type]
                 delta_clip=float(record["delta-clip"]),  # type: ignore[arg-type]
+                dropout=dropout,
                 threads=int(node.get("threads") or record["threads"]),  # type: ignore[call-overload]
                 phone_group=int(record["phone-group"]),  # type: ignore[arg-type]
             )
@@ -300,7 +306,7 @@ class PhoneHost:
         torch.set_num_threads(threads)
         users = self.population.user_of(np.asarray(phone_ids, np.int64)) if phone_ids else np.zeros(0, np.int64)
         work = [
-            (phone, *self.phone_batches(user, seed))
+            (phone, *self.phone_batches(user, seed), seed)
             for phone, user, seed in zip(phone_ids, users.tolist(), phone_seeds, strict=True)
             if self.encoded(user)
         ]
@@ -309,7 +315,9 @@ class PhoneHost:
         for start in range(0, len(work), PHONES_PER_CHUNK):
             chunk = work[start : start + PHONES_PER_CHUNK]
             t0 = time.perf_counter()
-            deltas, losses = self.train(weights, [w[1] for w in chunk], [w[2] for w in chunk], threads)
+            deltas, losses = self.train(
+                weights, [w[1] for w in chunk], [w[2] for w in chunk], [w[5] for w in chunk], threads
+            )
             t1 = time.perf_counter()
             ids = [w[0] for w in chunk]
             encoded = self.pipeline.encode(deltas, ids, round_idx, model_version, seed=self.task.run_seed)
@@ -323,9 +331,9 @@ class PhoneHost:
         return out
 
     def train(
-        self, weights: np.ndarray, batches: list[Batches], steps: list[int], threads: int
+        self, weights: np.ndarray, batches: list[Batches], steps: list[int], seeds: list[int], threads: int
     ) -> tuple[np.ndarray, list[float]]:
-        """(deltas [P, D], mean step losses) of phones with these batches and step counts."""
+        """(deltas [P, D], mean step losses) of phones with these batches, step counts and round seeds."""
         task = self.task
         if task.engine == "torch":
             result = train_phones(
@@ -337,6 +345,8 @@ class PhoneHost:
                 grad_clip=task.grad_clip,
                 delta_clip=task.delta_clip,
                 group=task.phone_group or None,
+                dropout=task.dropout,
+                seeds=seeds,
             )
             return result.deltas, [float(x) for x in result.losses]
         updater = self.onnx_updater(threads)

@@ -140,6 +140,13 @@ class SimulateConfig(_Strict):
         "toward 0 at the last of simulate.rounds (constant-rate SGD stalls at its noise floor)",
     )
     local_grad_clip: float = Field(5.0, ge=0, description="global L2 clip of each local gradient (0 = none)")
+    local_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="dropout on input embeddings and projected outputs in the phones' local training, as "
+        "central.dropout (torch engine only: the exported phone graphs train without dropout)",
+    )
     local_delta_clip: float = Field(
         0.0, ge=0, description="L2 clip of the phone's delta before the update pipeline (0 = none)"
     )

@@ -197,6 +197,11 @@ def build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
 
 def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
     sim = config.simulate
+    if sim.local_dropout > 0 and sim.local_engine != "torch":
+        raise SimulationConfigError(
+            f"simulate.local_dropout = {sim.local_dropout:g} needs local_engine = 'torch': the exported phone "
+            "graphs (local_update.onnx) train without dropout"
+        )
     data = FederatedData.load(data_dir)
     model_config = config.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size}).resolved()
     dim = model_config.num_parameters()
@@ -276,6 +281,7 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         lr=sim.local_lr,
         grad_clip=sim.local_grad_clip,
         delta_clip=sim.local_delta_clip,
+        dropout=sim.local_dropout,
         threads=sim.threads,
         phone_group=sim.phone_group,
     )

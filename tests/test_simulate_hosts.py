@@ -13,7 +13,7 @@ from fedkey.device_sim.batched_training import group_size, train_phones
 from fedkey.device_sim.phone_host import HostTask, PhoneHost, PhoneHostError
 from fedkey.models.cifg_lstm import CifgLstm, ModelConfig
 from fedkey.models.manifest import flatten_params, param_layout
-from fedkey.models.onnx_local_update import Batches, local_update_torch
+from fedkey.models.onnx_local_update import Batches, LocalUpdateError, local_update_torch
 from fedkey.protocol.pipeline import decode
 from fedkey.simulate import build_setup
 
@@ -57,6 +57,8 @@ def test_task_round_trip_and_node_overrides(prepared):
     del broken["pipeline"]
     with pytest.raises(PhoneHostError, match="pipeline"):
         HostTask.from_config(broken)
+    with pytest.raises(PhoneHostError, match="dropout"):
+        HostTask.from_config(task.to_config() | {"dropout": 0.2, "engine": "onnx"})
 
 
 @pytest.mark.slow
@@ -90,3 +92,21 @@ def test_message_selection_samples_fresh_text_each_round(prepared):
     assert len({frozenset(picked(seed, "first")) for seed in range(8)}) == 1
     with pytest.raises(PhoneHostError, match="message-selection"):
         HostTask.from_config(task.to_config() | {"message-selection": "latest"})
+
+
+def test_local_dropout_is_seeded_per_phone_and_regularises():
+    rng = np.random.default_rng(3)
+    weights = flatten_params(CifgLstm(MODEL, seed=0).param_dict(), param_layout(MODEL))
+    batches = [random_batches(rng, n) for n in (2, 3, 1)]
+    steps, kw = [3, 3, 2], {"lr": 0.5, "grad_clip": 0.0, "delta_clip": 0.0}
+    plain = train_phones(MODEL, weights, batches, steps, **kw)
+    first, again = (train_phones(MODEL, weights, batches, steps, dropout=0.3, seeds=[7, 8, 9], **kw) for _ in range(2))
+    np.testing.assert_array_equal(first.deltas, again.deltas)  # the phones' seeds decide the masks
+    other = train_phones(MODEL, weights, batches, steps, dropout=0.3, seeds=[7, 8, 10], **kw)
+    np.testing.assert_array_equal(other.deltas[:2], first.deltas[:2])  # phone 3's seed moves phone 3 only
+    assert not np.allclose(other.deltas[2], first.deltas[2])
+    assert not np.allclose(first.deltas, plain.deltas)
+    tiny = train_phones(MODEL, weights, batches, steps, dropout=1e-7, seeds=[7, 8, 9], **kw)
+    np.testing.assert_allclose(tiny.deltas, plain.deltas, atol=1e-5)  # masks of ones: the plain update
+    with pytest.raises(LocalUpdateError, match="seed"):
+        train_phones(MODEL, weights, batches, steps, dropout=0.3, **kw)

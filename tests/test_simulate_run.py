@@ -86,6 +86,7 @@ def test_run_stops_at_the_privacy_budget(prepared, tmp_path: Path):
     [
         (["simulate.cohort_size=100"], "population has"),
         (["simulate.deadline_s=5"], "shorter than the fastest phone"),
+        (["simulate.local_dropout=0.2", "simulate.local_engine='onnx'"], "needs local_engine = 'torch'"),
         (["simulate.sampling='poisson'", "simulate.poisson_rate=0.001"], "raise the rate"),
         (
             [
