@@ -391,12 +391,18 @@ _HOSTS: dict[tuple[str, ...], PhoneHost] = {}
 
 
 def host_for(task: HostTask, cache_dir: str | None = None) -> PhoneHost:
-    """The process's cached host for this task (built on first use, reused every later round)."""
+    """The process's cached host for this task (built on first use, reused every later round).
+
+    The cached state depends only on :meth:`HostTask.host_key`; the rest of the task is the round's
+    (the server may change it between rounds, e.g. the learning rate of a schedule).
+    """
     key = task.host_key()
     if key not in _HOSTS:
         _HOSTS.clear()  # a new run in the same process: drop the previous run's caches
         _HOSTS[key] = PhoneHost(task, cache_dir)
-    return _HOSTS[key]
+    host = _HOSTS[key]
+    host.task = task
+    return host
 
 
 app = ClientApp()

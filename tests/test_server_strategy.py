@@ -205,17 +205,21 @@ def test_local_dp_reports_are_recorded_per_phone(prepared):
 
 
 def test_cosine_local_lr_schedule_scales_each_rounds_task(prepared):
-    rates = {}
+    rates, weights = {}, {}
     for schedule in ("constant", "cosine"):
         schedule_key = f'simulate.local_lr_schedule="{schedule}"'
         strategy = strategy_for(prepared, "simulate.rounds=4", "simulate.local_lr=0.8", schedule_key)
         grid = LocalGrid()
-        rates[schedule] = []
+        rates[schedule], weights[schedule] = [], []
         for rnd in range(1, 5):
             _, messages = run_round(strategy, grid, rnd)
             tasks = {HostTask.from_config(m.content.config_records["config"]).lr for m in messages}
             assert len(tasks) == 1  # every host trains its phones at the round's rate
             rates[schedule].append(tasks.pop())
+            weights[schedule].append(strategy.weights.copy())
+    # the hosts (cached across rounds) train at each round's rate: same first round, then not
+    np.testing.assert_array_equal(weights["constant"][0], weights["cosine"][0])
+    assert not np.allclose(weights["constant"][1], weights["cosine"][1])
     assert rates["constant"] == [0.8] * 4
     assert rates["cosine"] == pytest.approx([0.8 * lr_factor("cosine", r, 4) for r in range(4)])
     assert rates["cosine"][0] == 0.8 and rates["cosine"][-1] < 0.15
