@@ -10,7 +10,7 @@ of the child's whole process tree (server, Ray, phone hosts) every 0.1 s:
 
 Phones beyond chitchat's real training users type a real user's text (`population.synthetic_user_mapping`).
 The local work is kept small so the rounds are about the fleet (small model, ≤ 16 messages, one pass
-in batches of 16); every selected phone still trains, is encoded, decoded and aggregated.
+in batches of 16); every reporting phone still trains, is encoded, decoded and aggregated.
 
     .venv/bin/python bench/simulate_scale.py [--quick] [--data data/chitchat] [--rounds R]
 
@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
+from fed_quality import start_simulation
 from sim_throughput import tree_rss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,18 +51,13 @@ def simulate(data: Path, population: int, cohort: int, rounds: int) -> dict[str,
     }
     with tempfile.TemporaryDirectory(prefix="fedkey-scale-") as tmp:
         out = Path(tmp) / "run"
-        command = [str(Path(sys.executable).with_name("fedkey")), "simulate", "--out", str(out), "--data", str(data)]
-        for key, value in overrides.items():
-            command += ["--set", f"{key}={value}"]
-        with (Path(tmp) / "log.txt").open("w") as log:
-            env = os.environ | {"OMP_NUM_THREADS": "1"}
-            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            proc, peak = psutil.Process(child.pid), 0
-            while child.poll() is None:
-                peak = max(peak, tree_rss(proc))
-                time.sleep(0.1)
+        child = start_simulation(out, data, [f"{key}={value}" for key, value in overrides.items()], resume=False)
+        proc, peak = psutil.Process(child.pid), 0
+        while child.poll() is None:
+            peak = max(peak, tree_rss(proc))
+            time.sleep(0.1)
         if child.returncode != 0:
-            sys.exit(f"fedkey simulate failed:\n{(Path(tmp) / 'log.txt').read_text()[-3000:]}")
+            sys.exit(f"fedkey simulate failed:\n{(out / 'simulate.log').read_text()[-3000:]}")
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     times = [r["wall_time_s"] for r in rows]
     return {

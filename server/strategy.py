@@ -247,8 +247,7 @@ class FleetStrategy(Strategy):
         assignment: dict[int, set[int]] = {}
         messages = []
         base = dict(self.task_config) | dict(config)
-        if "lr" in base:
-            base["lr"] = float(base["lr"]) * lr_factor(s.local_lr_schedule, server_round - 1, s.rounds)  # type: ignore[arg-type]
+        base["lr"] = float(base["lr"]) * lr_factor(s.local_lr_schedule, server_round - 1, s.rounds)  # type: ignore[arg-type]
         for h, node in enumerate(nodes):
             ids = reporting[h :: len(nodes)]
             if ids.size == 0:
