@@ -1,0 +1,135 @@
+"""Where the phone host's trainer spends its time, and how close each part runs to the matmul peak.
+
+``bench/sim_throughput.py`` reports the achieved training GFLOP/s of whole engines as a fraction of
+this machine's fp32 matmul peak. This script explains that fraction: it trains the same phones
+(chitchat users with >= 20 messages, their first 64 messages in 20-piece windows, batch 16, one
+epoch, the default model, one torch thread) with ``device_sim.batched_training.train_phones`` under
+``torch.profiler`` (FLOPs recorded for the matmul ops) and groups the CPU time by part:
+
+- ``softmax matmuls``: the tied 8192-way output layer (logits, and the gradients of the projected
+  outputs and of the embedding), inside the fused loss;
+- ``recurrence matmuls``: the CIFG cell's input projection of all steps, its per-step recurrent
+  products (16 rows each: one batch) and the weight gradients;
+- ``elementwise and other``: gates, softmax exponentials, masks, gathers, copies and the per-op
+  dispatch cost of everything else.
+
+The trainer runs three times on the same phones: a warm-up, a timed run (CPU time, no profiler) and a
+profiled run. Each matmul part's time is the profiler's (its few microseconds per op are small next to
+0.1-2 ms matmuls); "elementwise and other" is the rest of the timed run's CPU time (the profiler's
+per-op cost would inflate its tens of thousands of small ops). The softmax matmuls' FLOPs are counted
+from the shapes (three products of 2 * V * E per counted position; the profiler counts none for the
+in-place ``addmm_``), the recurrence's by the profiler (padded positions included: it computes them).
+The trainer's useful rate counts only counted positions, as sim_throughput does. The matmul peak is
+the best of measurements taken before and after the runs.
+
+    .venv/bin/python bench/trainer_profile.py [--quick] [--phones N]
+
+Last line: ``RESULT trainer_peak_frac=… softmax_mm_frac=… recurrence_mm_frac=… other_share=…`` (the
+matmul parts' GFLOP/s as fractions of the peak; other_share: elementwise and other, of all CPU time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from sim_throughput import DATA, matmul_peak, phone_work, run_config, subset_data
+from torch.profiler import ProfilerActivity, profile
+
+from fedkey.device_sim.batched_training import train_phones
+from fedkey.device_sim.phone_host import PhoneHost
+from fedkey.simulate import build_setup, config_from_run_config, train_flops_per_position
+
+SOFTMAX_OPS = {"aten::addmm", "aten::addmm_", "aten::mm"}  # the fused loss's three products per chunk
+RECURRENCE_OPS = {"aten::bmm", "aten::baddbmm"}  # the cell's batched products (phones stacked)
+
+
+def part_of(op: str) -> str:
+    if op in SOFTMAX_OPS:
+        return "softmax matmuls"
+    if op in RECURRENCE_OPS:
+        return "recurrence matmuls"
+    return "elementwise and other"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="8 phones instead of 40 (the same measurement)")
+    parser.add_argument("--phones", type=int, default=None, help="phones trained (default 40, 8 with --quick)")
+    parser.add_argument("--seed", type=int, default=0, help="which phones")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    n = args.phones or (8 if args.quick else 40)
+    work = Path(tempfile.mkdtemp(prefix="fedkey-trainer-profile-"))
+    try:
+        subset_data(DATA, work / "data", n, args.seed)
+        config = config_from_run_config(run_config(work / "data", work / "run", n, 1, 1)).config
+        setup = build_setup(config, work / "data")
+        task, host = setup.task, PhoneHost(setup.task)
+        phones = [phone_work(host, p, 1) for p in range(n)]
+
+        def train() -> None:
+            train_phones(
+                setup.model_config,
+                setup.initial_weights,
+                [b for b, _, _, _ in phones],
+                [steps for _, steps, _, _ in phones],
+                lr=task.lr,
+                grad_clip=task.grad_clip,
+                delta_clip=0.0,
+                group=setup.config.simulate.phone_group,
+            )
+
+        peak = matmul_peak(1)
+        train()  # warm-up: allocator, MKL's first calls
+        t0 = time.process_time()
+        train()
+        cpu_s = time.process_time() - t0
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            train()
+        peak = max(peak, matmul_peak(1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    counted = sum(tokens for _, _, _, tokens in phones)
+    useful = counted * train_flops_per_position(setup.model_config)
+    vocab, embed = setup.model_config.param_shapes()["embedding"]
+    seconds: dict[str, float] = defaultdict(float)
+    flops: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for event in prof.key_averages():
+        part = part_of(event.key)
+        seconds[part] += event.self_cpu_time_total / 1e6
+        calls[part] += event.count
+        if part == "recurrence matmuls":
+            flops[part] += event.flops
+    # the profiler counts no FLOPs for the in-place addmm_; the fused loss's three products have
+    # 2 * V * E multiply-adds each per counted position, and it computes no other rows
+    flops["softmax matmuls"] = 3 * 2 * vocab * embed * counted
+    # the profiler adds a few microseconds to every op: fine for the matmuls (0.1-2 ms each), not for
+    # the tens of thousands of small elementwise ops, so their time is the unprofiled total's remainder
+    seconds["elementwise and other"] = cpu_s - seconds["softmax matmuls"] - seconds["recurrence matmuls"]
+    rate = useful / cpu_s / 1e9
+    print(f"{n} phones, {useful / 1e9:.1f} GFLOP of training at counted positions; matmul peak {peak:.1f} GFLOP/s")
+    print(f"trainer: {cpu_s / n * 1e3:.0f} ms CPU per phone, {rate:.1f} GFLOP/s = {rate / peak:.0%} of peak")
+    print(f"{'part':24} {'share':>6} {'calls':>7} {'GFLOP/s':>8} {'of peak':>7}")
+    frac: dict[str, float] = {}
+    for part in ("softmax matmuls", "recurrence matmuls", "elementwise and other"):
+        part_rate = flops[part] / seconds[part] / 1e9 if flops[part] else 0.0
+        frac[part] = part_rate / peak
+        shown = f"{part_rate:8.1f} {frac[part]:7.0%}" if flops[part] else f"{'-':>8} {'-':>7}"
+        print(f"{part:24} {seconds[part] / cpu_s:6.0%} {calls[part]:7d} {shown}")
+    print(
+        f"RESULT trainer_peak_frac={rate / peak:.2f} softmax_mm_frac={frac['softmax matmuls']:.2f} "
+        f"recurrence_mm_frac={frac['recurrence matmuls']:.2f} "
+        f"other_share={seconds['elementwise and other'] / cpu_s:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
