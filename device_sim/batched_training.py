@@ -26,12 +26,11 @@ Where the time goes and what is done about it (default model, 2-core CPU, one th
   gradient buffers, no concatenation, no zero fill), the mean over counted positions is folded into the
   loss's weights, and the clipped SGD update is one pass (measured: 1.11x the autograd version).
 
-Measured in CPU time on the same 8 chitchat phones: 1.9-2.1x the plain torch loop (``nn.Module``,
-autograd, SGD, the model's own chunked loss), where this module's earlier ``torch.func.vmap`` version
-did 1.25x (bench/sim_throughput.py measures the whole simulation). Stacking
-phones (``group`` > 1) was slower than one phone at a time: the group computes up to its longest
-batch. Results match the per-phone reference up to float rounding (tests/test_batched_training.py,
-tests/test_simulate_hosts.py).
+``bench/trainer_profile.py`` measures this trainer against the plain torch loop (``nn.Module``,
+autograd, SGD, the model's own chunked loss) on the same phones and splits its time into matmuls and the
+rest (docs/results.md). Stacking phones (``group`` > 1) was slower than one phone at a time: the group
+computes up to its longest batch. Results match the per-phone reference up to float rounding
+(tests/test_batched_training.py, tests/test_simulate_hosts.py).
 """
 
 from __future__ import annotations
