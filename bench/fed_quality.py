@@ -128,9 +128,10 @@ def table(central: dict, runs: dict[str, dict], preset: str, commands: list[str]
 
 
 def write_section(text: str) -> None:
+    """Replaces (or appends) the docs/results.md section whose heading is the first line of ``text``."""
     path = ROOT / "docs" / "results.md"
     doc = path.read_text()
-    pattern = re.compile(re.escape(SECTION) + r"\n.*?(?=\n## |\Z)", re.S)
+    pattern = re.compile(re.escape(text.splitlines()[0]) + r"\n.*?(?=\n## |\Z)", re.S)
     doc = pattern.sub(lambda _: text.rstrip("\n"), doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text
     path.write_text(doc.rstrip("\n") + "\n")
 

@@ -1,0 +1,173 @@
+"""Federated training recipes side by side: which local and server settings learn the most per round?
+
+Runs `fedkey simulate` once per recipe on the same data, model, rounds, cohort and seed with the default
+update pipeline (top-10% + 4-bit), at most ``--parallel`` runs at a time, and tabulates each run's final
+held-out recall@1/@3 (the same held-out word positions for every run), its sampled held-out recall@1 by
+round, the bytes it uploaded and its wall time. A recipe is a named list of ``--set`` overrides on top of
+the shared ones (``--set``); the default recipes are the comparison recorded in docs/results.md. A run
+folder that already holds a finished run of exactly the same settings is read, not rerun; with
+``--resume`` an unfinished one continues from its checkpoint (the same result as an uninterrupted run).
+
+    .venv/bin/python bench/fed_recipes.py [--rounds R] [--cohort C] [--positions N] [--set KEY=VALUE ...]
+        [--recipe 'NAME:KEY=VALUE;KEY=VALUE' ...] [--parallel P] [--out runs/fed-recipes] [--resume]
+        [--quick] [--write]
+
+`--quick` runs 2 rounds of 5 phones per recipe (a smoke check of the measurement, not the figures).
+Last line: ``RESULT rounds=… best=<recipe> best_recall=… recall_<recipe>=… …`` (held-out recall@1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from fed_quality import finished_run, shown, start_simulation, write_section
+
+from fedkey.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Federated training recipes (issue 5)"
+#: Shared by the default recipes: the fed_quality recipe's local work (small batches, two passes, a
+#: cosine-decayed local rate), one phone host per run so that two runs share this 2-core machine.
+BASE = [
+    "simulate.local_batch_size=4",
+    "simulate.local_epochs=2",
+    'simulate.local_lr_schedule="cosine"',
+    "simulate.eval_every=5",
+    "simulate.phone_hosts=1",
+]
+RECIPES = {
+    "fedavgm-m0.7": ["simulate.optimizer.momentum=0.7"],
+    "fedadam-lr0.01": ['simulate.optimizer.name="fedadam"', "simulate.optimizer.lr=0.01"],
+    "fedavgm-m0.7-4-epochs": ["simulate.optimizer.momentum=0.7", "simulate.local_epochs=4"],
+}
+
+
+def parse_recipe(text: str) -> tuple[str, list[str]]:
+    """'NAME:KEY=VALUE;KEY=VALUE' -> (NAME, [KEY=VALUE, ...])."""
+    name, sep, rest = text.partition(":")
+    if not sep or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise argparse.ArgumentTypeError(f"recipe {text!r}: expected NAME:KEY=VALUE;KEY=VALUE (NAME of [A-Za-z0-9._-])")
+    return name, [item.strip() for item in rest.split(";") if item.strip()]
+
+
+def already_done(out: Path, overrides: list[str]) -> bool:
+    """Whether OUT holds a finished run whose effective settings are exactly these overrides'."""
+    if not (out / "final.json").is_file() or not (out / "config.toml").is_file():
+        return False
+    return load_config(out / "config.toml").model_dump() == load_config(None, overrides).model_dump()
+
+
+def run_all(jobs: dict[str, list[str]], out: Path, data: Path, parallel: int, resume: bool) -> None:
+    """Runs every recipe not already done, at most ``parallel`` at a time; exits if one fails."""
+    waiting = [name for name, overrides in jobs.items() if not already_done(out / name, overrides)]
+    running: dict[str, object] = {}
+    while waiting or running:
+        while waiting and len(running) < parallel:
+            name = waiting.pop(0)
+            running[name] = start_simulation(out / name, data, jobs[name], resume)
+        time.sleep(2)
+        for name, child in list(running.items()):
+            code = child.poll()  # type: ignore[attr-defined]
+            if code is None:
+                continue
+            del running[name]
+            if code != 0:
+                sys.exit(f"the {name} run failed: see {out / name / 'simulate.log'}")
+
+
+def table(runs: dict[str, dict], common: list[str], recipes: dict[str, list[str]], commands: list[str]) -> str:
+    first = next(iter(runs.values()))
+    lines = [
+        SECTION,
+        "",
+        f"`bench/fed_recipes.py` runs `fedkey simulate` once per recipe, {first['rounds']} rounds of "
+        f"{first['simulate'].cohort_size} reporting phones each, same data, model, seed and update pipeline",
+        "(top-10% + 4-bit), and compares the final held-out recall@1 (the same held-out word positions for",
+        "every run). Settings shared by all: " + ", ".join(f"`{c}`" for c in common) + ".",
+        "",
+        "| recipe | its settings | held-out recall@1 | recall@3 | uploaded | wall time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, final in runs.items():
+        held = final["held_out_users"]
+        settings = ", ".join(f"`{o}`" for o in recipes[name]) or "-"
+        lines.append(
+            f"| {name} | {settings} | {held['recall@1']:.4f} | {held['recall@3']:.4f} | "
+            f"{final['bytes_up'] / 1e6:.1f} MB | {final['wall_time_s'] / 60:.1f} min |"
+        )
+    lines += [
+        "",
+        "Sampled held-out recall@1 by round (`simulate.eval_users` users, `simulate.eval_positions` positions;",
+        "noisier than the final figures), from `RUN/metrics.jsonl`:",
+        "",
+        "| round | " + " | ".join(runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    curves = [{r: recall for r, recall, _ in run["curve"]} for run in runs.values()]
+    for rnd in sorted(set().union(*curves)):
+        lines.append(f"| {rnd} | " + " | ".join(f"{c[rnd]:.3f}" if rnd in c else "-" for c in curves) + " |")
+    lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "chitchat")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fed-recipes")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--cohort", type=int, default=100)
+    parser.add_argument("--positions", type=int, default=20000, help="held-out word positions of the final evaluations")
+    parser.add_argument("--set", dest="overrides", action="append", default=None, help="settings shared by all recipes")
+    parser.add_argument(
+        "--recipe", type=parse_recipe, action="append", default=None, help="NAME:KEY=VALUE;KEY=VALUE (repeatable)"
+    )
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--resume", action="store_true", help="continue unfinished runs in OUT from their checkpoints")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 5 phones: checks the measurement runs")
+    parser.add_argument("--write", action="store_true", help="update the section in docs/results.md")
+    args = parser.parse_args()
+
+    recipes = dict(args.recipe) if args.recipe else RECIPES
+    shared = BASE if args.overrides is None else args.overrides
+    rounds, cohort, positions = (2, 5, 1000) if args.quick else (args.rounds, args.cohort, args.positions)
+    common = [
+        'model.preset="default"',
+        f"simulate.rounds={rounds}",
+        f"simulate.cohort_size={cohort}",
+        "simulate.export_bundle=false",
+        f"eval.max_positions={positions}",
+        *shared,
+    ]
+    jobs = {name: [*common, *extra] for name, extra in recipes.items()}
+    run_all(jobs, args.out, args.data, args.parallel, args.resume)
+    runs = {name: finished_run(args.out / name) for name in recipes}
+    commands = [
+        f"fedkey simulate --out {shown(args.out / name)} --data {shown(args.data)} "
+        + " ".join(f"--set '{o}'" for o in overrides)
+        for name, overrides in jobs.items()
+    ]
+    commands.append(
+        f"python bench/fed_recipes.py --out {shown(args.out)} --rounds {rounds} --cohort {cohort} "
+        f"--positions {positions} "
+        + "".join(f"--set '{o}' " for o in shared)
+        + "".join(f"--recipe '{name}:{';'.join(extra)}' " for name, extra in recipes.items())
+        + "--write"
+    )
+    text = table(runs, shared, recipes, commands)
+    print(text)
+    if args.write and not args.quick:
+        write_section(text)
+    recall = {name: run["held_out_users"]["recall@1"] for name, run in runs.items()}
+    best = max(recall, key=recall.__getitem__)
+    print(
+        f"RESULT rounds={rounds} best={best} best_recall={recall[best]:.4f} "
+        + " ".join(f"recall_{re.sub(r'[^A-Za-z0-9]', '_', name)}={r:.4f}" for name, r in recall.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
