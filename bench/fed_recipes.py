@@ -1,12 +1,13 @@
 """Federated training recipes side by side: which local and server settings learn the most per round?
 
-Runs `fedkey simulate` once per recipe on the same data, model, rounds, cohort and seed with the default
-update pipeline (top-10% + 4-bit), at most ``--parallel`` runs at a time, and tabulates each run's final
-held-out recall@1/@3 (the same held-out word positions for every run), its sampled held-out recall@1 by
-round, the bytes it uploaded and its wall time. A recipe is a named list of ``--set`` overrides on top of
-the shared ones (``--set``); the default recipes are the comparison recorded in docs/results.md. A run
-folder that already holds a finished run of exactly the same settings is read, not rerun; with
-``--resume`` an unfinished one continues from its checkpoint (the same result as an uninterrupted run).
+Runs `fedkey simulate` once per recipe on the same data, model, cohort and seed (and rounds, unless a
+recipe sets its own) with the default update pipeline (top-10% + 4-bit), at most ``--parallel`` runs at
+a time, and tabulates each run's final held-out recall@1/@3 (the same held-out word positions for every
+run), its sampled held-out recall@1 by round, the bytes it uploaded and its wall time. A recipe is a
+named list of ``--set`` overrides on top of the shared ones (``--set``); the default recipes are the
+comparison recorded in docs/results.md. A run folder that already holds a finished run of exactly the
+same settings is read, not rerun; with ``--resume`` an unfinished one continues from its checkpoint (the
+same result as an uninterrupted run).
 
     .venv/bin/python bench/fed_recipes.py [--rounds R] [--cohort C] [--positions N] [--set KEY=VALUE ...]
         [--recipe 'NAME:KEY=VALUE;KEY=VALUE' ...] [--parallel P] [--out runs/fed-recipes] [--resume]
@@ -43,6 +44,8 @@ RECIPES = {
     "fedavgm-m0.7": ["simulate.optimizer.momentum=0.7"],
     "fedadam-lr0.01": ['simulate.optimizer.name="fedadam"', "simulate.optimizer.lr=0.01"],
     "fedavgm-m0.7-4-epochs": ["simulate.optimizer.momentum=0.7", "simulate.local_epochs=4"],
+    # the same local computation as fedavgm-m0.7 in all: half the passes per round, twice the rounds
+    "fedavgm-m0.7-1-epoch": ["simulate.optimizer.momentum=0.7", "simulate.local_epochs=1", "simulate.rounds=60"],
 }
 
 
@@ -84,19 +87,19 @@ def table(runs: dict[str, dict], common: list[str], recipes: dict[str, list[str]
     lines = [
         SECTION,
         "",
-        f"`bench/fed_recipes.py` runs `fedkey simulate` once per recipe, {first['rounds']} rounds of "
-        f"{first['simulate'].cohort_size} reporting phones each, same data, model, seed and update pipeline",
+        f"`bench/fed_recipes.py` runs `fedkey simulate` once per recipe, {first['simulate'].cohort_size} reporting "
+        "phones a round (unless a recipe sets its own rounds), same data, model, seed and update pipeline",
         "(top-10% + 4-bit), and compares the final held-out recall@1 (the same held-out word positions for",
         "every run). Settings shared by all: " + ", ".join(f"`{c}`" for c in common) + ".",
         "",
-        "| recipe | its settings | held-out recall@1 | recall@3 | uploaded | wall time |",
-        "|---|---|---|---|---|---|",
+        "| recipe | its settings | rounds | held-out recall@1 | recall@3 | uploaded | wall time |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, final in runs.items():
         held = final["held_out_users"]
         settings = ", ".join(f"`{o}`" for o in recipes[name]) or "-"
         lines.append(
-            f"| {name} | {settings} | {held['recall@1']:.4f} | {held['recall@3']:.4f} | "
+            f"| {name} | {settings} | {final['rounds']} | {held['recall@1']:.4f} | {held['recall@3']:.4f} | "
             f"{final['bytes_up'] / 1e6:.1f} MB | {final['wall_time_s'] / 60:.1f} min |"
         )
     lines += [
@@ -142,7 +145,8 @@ def main() -> None:
         f"eval.max_positions={positions}",
         *shared,
     ]
-    jobs = {name: [*common, *extra] for name, extra in recipes.items()}
+    # --quick keeps its 2 rounds even where a recipe sets its own
+    jobs = {name: [*common, *extra, *(["simulate.rounds=2"] if args.quick else [])] for name, extra in recipes.items()}
     run_all(jobs, args.out, args.data, args.parallel, args.resume)
     runs = {name: finished_run(args.out / name) for name in recipes}
     commands = [
