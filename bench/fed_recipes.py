@@ -91,6 +91,7 @@ def table(runs: dict[str, dict], common: list[str], recipes: dict[str, list[str]
         "phones a round (unless a recipe sets its own rounds), same data, model, seed and update pipeline",
         "(top-10% + 4-bit), and compares the final held-out recall@1 (the same held-out word positions for",
         "every run). Settings shared by all: " + ", ".join(f"`{c}`" for c in common) + ".",
+        f"Wall times are upper bounds: up to {first['parallel']} runs shared the machine.",
         "",
         "| recipe | its settings | rounds | held-out recall@1 | recall@3 | uploaded | wall time |",
         "|---|---|---|---|---|---|---|",
@@ -148,7 +149,7 @@ def main() -> None:
     # --quick keeps its 2 rounds even where a recipe sets its own
     jobs = {name: [*common, *extra, *(["simulate.rounds=2"] if args.quick else [])] for name, extra in recipes.items()}
     run_all(jobs, args.out, args.data, args.parallel, args.resume)
-    runs = {name: finished_run(args.out / name) for name in recipes}
+    runs = {name: finished_run(args.out / name) | {"parallel": args.parallel} for name in recipes}
     commands = [
         f"fedkey simulate --out {shown(args.out / name)} --data {shown(args.data)} "
         + " ".join(f"--set '{o}'" for o in overrides)
@@ -156,7 +157,7 @@ def main() -> None:
     ]
     commands.append(
         f"python bench/fed_recipes.py --out {shown(args.out)} --rounds {rounds} --cohort {cohort} "
-        f"--positions {positions} "
+        f"--positions {positions} --parallel {args.parallel} "
         + "".join(f"--set '{o}' " for o in shared)
         + "".join(f"--recipe '{name}:{';'.join(extra)}' " for name, extra in recipes.items())
         + "--write"
