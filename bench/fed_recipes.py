@@ -46,6 +46,8 @@ RECIPES = {
     "fedavgm-m0.7-4-epochs": ["simulate.optimizer.momentum=0.7", "simulate.local_epochs=4"],
     # the same local computation as fedavgm-m0.7 in all: half the passes per round, twice the rounds
     "fedavgm-m0.7-1-epoch": ["simulate.optimizer.momentum=0.7", "simulate.local_epochs=1", "simulate.rounds=60"],
+    "fedavgm-m0.9": ["simulate.optimizer.momentum=0.9"],  # the shipped default momentum
+    "fedavgm-m0.7-local-lr2": ["simulate.optimizer.momentum=0.7", "simulate.local_lr=2.0"],
 }
 
 
