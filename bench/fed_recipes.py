@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,14 +70,14 @@ def already_done(out: Path, overrides: list[str]) -> bool:
 def run_all(jobs: dict[str, list[str]], out: Path, data: Path, parallel: int, resume: bool) -> None:
     """Runs every recipe not already done, at most ``parallel`` at a time; exits if one fails."""
     waiting = [name for name, overrides in jobs.items() if not already_done(out / name, overrides)]
-    running: dict[str, object] = {}
+    running: dict[str, subprocess.Popen] = {}
     while waiting or running:
         while waiting and len(running) < parallel:
             name = waiting.pop(0)
             running[name] = start_simulation(out / name, data, jobs[name], resume)
         time.sleep(2)
         for name, child in list(running.items()):
-            code = child.poll()  # type: ignore[attr-defined]
+            code = child.poll()
             if code is None:
                 continue
             del running[name]
