@@ -82,10 +82,14 @@ def run_all(jobs: dict[str, list[str]], out: Path, data: Path, parallel: int, re
                 continue
             del running[name]
             if code != 0:
+                for other in running.values():
+                    other.terminate()
                 sys.exit(f"the {name} run failed: see {out / name / 'simulate.log'}")
 
 
-def table(runs: dict[str, dict], common: list[str], recipes: dict[str, list[str]], commands: list[str]) -> str:
+def table(
+    runs: dict[str, dict], common: list[str], recipes: dict[str, list[str]], commands: list[str], parallel: int
+) -> str:
     first = next(iter(runs.values()))
     lines = [
         SECTION,
@@ -94,7 +98,7 @@ def table(runs: dict[str, dict], common: list[str], recipes: dict[str, list[str]
         "phones a round (unless a recipe sets its own rounds), same data, model, seed and update pipeline",
         "(top-10% + 4-bit), and compares the final held-out recall@1 (the same held-out word positions for",
         "every run). Settings shared by all: " + ", ".join(f"`{c}`" for c in common) + ".",
-        f"Wall times are upper bounds: up to {first['parallel']} runs shared the machine.",
+        f"Wall times are upper bounds: up to {parallel} runs shared the machine.",
         "",
         "| recipe | its settings | rounds | held-out recall@1 | recall@3 | uploaded | wall time |",
         "|---|---|---|---|---|---|---|",
@@ -152,7 +156,7 @@ def main() -> None:
     # --quick keeps its 2 rounds even where a recipe sets its own
     jobs = {name: [*common, *extra, *(["simulate.rounds=2"] if args.quick else [])] for name, extra in recipes.items()}
     run_all(jobs, args.out, args.data, args.parallel, args.resume)
-    runs = {name: finished_run(args.out / name) | {"parallel": args.parallel} for name in recipes}
+    runs = {name: finished_run(args.out / name) for name in recipes}
     commands = [
         f"fedkey simulate --out {shown(args.out / name)} --data {shown(args.data)} "
         + " ".join(f"--set '{o}'" for o in overrides)
@@ -165,7 +169,7 @@ def main() -> None:
         + "".join(f"--recipe '{name}:{';'.join(extra)}' " for name, extra in recipes.items())
         + "--write"
     )
-    text = table(runs, shared, recipes, commands)
+    text = table(runs, shared, recipes, commands, args.parallel)
     print(text)
     if args.write and not args.quick:
         write_section(text)
