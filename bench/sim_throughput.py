@@ -18,15 +18,17 @@ the default model preset, every phone of the cohort trained every round:
   :func:`train_plain`, then the weighted mean. Timed: one round after a warm-up.
 
 Every engine runs in its own child process (floor and fedkey ``--repeats`` times, alternately, each
-keeping its fastest run and its highest memory peak; flower once); the parent samples the resident
-memory of the child's whole process tree (Ray's processes included) with psutil and reports its peak
-(shared pages count once per process). The child samples its tree's CPU time (user + system, every 50
-ms) over the timed window. Throughput is reported per CPU-second of the engine's whole process tree
-(server, Ray's processes and workers included): with ``--cpus 1`` an engine that has its CPU to itself
-does that many phones per wall second, and on a machine shared with other jobs (this one: 2 cores,
-several sessions) wall time mostly measures the other jobs, CPU time much less. Wall-clock phones/s and
-the CPUs each engine kept busy are printed too. Idle waits (an engine sleeping between polls) cost wall
-time but no CPU time, which favours the Flower engines, not the floor.
+keeping its fastest run and its highest memory peak; flower once); the parent samples the memory of
+the child's whole process tree (Ray's processes included) and reports its peak footprint, each shared
+page counted once (``tree_memory.py``; the RSS summed over the tree, which counts torch's libraries and
+Ray's object store once per process, is printed beside it). The child samples its tree's CPU time
+(user + system, every 50 ms) over the timed window. Throughput is reported per CPU-second of the
+engine's whole process tree (server, Ray's processes and workers included): with ``--cpus 1`` an
+engine that has its CPU to itself does that many phones per wall second, and on a machine shared with
+other jobs (this one: 2 cores, several sessions) wall time mostly measures the other jobs, CPU time
+much less. Wall-clock phones/s and the CPUs each engine kept busy are printed too. Idle waits (an
+engine sleeping between polls) cost wall time but no CPU time, which favours the Flower engines, not
+the floor.
 
 The fp32 matmul peak is measured in the same run with torch on the same thread count (best of 8
 2048x2048 products, GFLOP per CPU-second, before and after the engines: the better of the two);
@@ -62,6 +64,7 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
+from tree_memory import TreeMemory, process_tree, watch_peak
 
 from fedkey.device_sim.federated_data import FederatedData
 from fedkey.device_sim.phone_host import HostTask, PhoneHost, host_for
@@ -305,15 +308,6 @@ def matmul_peak(threads: int, size: int = 2048, reps: int = 8) -> float:
     return best
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants."""
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
 class TreeClock:
     """Samples the CPU seconds (user + system) used so far by this process and its descendants.
 
@@ -332,7 +326,7 @@ class TreeClock:
 
     def _run(self) -> None:
         while not self.done.is_set():
-            for p in [self.proc, *self.proc.children(recursive=True)]:
+            for p in process_tree(self.proc):
                 with contextlib.suppress(psutil.Error):
                     t = p.cpu_times()
                     self.seen[p.pid] = t.user + t.system
@@ -348,17 +342,13 @@ class TreeClock:
         return float(cpu[np.abs(times - t1).argmin()] - cpu[np.abs(times - t0).argmin()])
 
 
-def run_engine(engine: str, config: Mapping[str, Any], cpus: int, log: Path) -> tuple[dict[str, Any], int]:
-    """Run one engine in a child process; returns its result and the peak RSS of its process tree."""
+def run_engine(engine: str, config: Mapping[str, Any], cpus: int, log: Path) -> tuple[dict[str, Any], TreeMemory]:
+    """Run one engine in a child process; returns its result and the peak memory of its process tree."""
     result = Path(config["out"]) / "result.json"
     cmd = [sys.executable, __file__, "--engine", engine, "--config", json.dumps(config), "--cpus", str(cpus)]
     with log.open("w") as out:
         child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        proc, peak = psutil.Process(child.pid), 0
-        while child.poll() is None:
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, tree_rss(proc))
-            time.sleep(0.05)
+        peak = watch_peak(child)
     if child.returncode != 0 or not result.is_file():
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise SystemExit(f"engine {engine} failed (exit {child.returncode}):\n{tail}")
@@ -398,18 +388,22 @@ def main() -> None:
         # alternating exposes both engines to the drift alike
         order = [e for _ in range(args.repeats) for e in ENGINES if e != "flower"] + ["flower"]
         best: dict[str, dict[str, Any]] = {}
-        peak_rss: dict[str, int] = {}
+        peaks: dict[str, TreeMemory] = {}
         for i, engine in enumerate(order):
             folder = work / f"{engine}-{i}"
             config = run_config(data_dir, folder, cohort, 1 if engine == "floor" else 2, args.cpus)
             folder.mkdir()
-            res, rss = run_engine(engine, config, args.cpus, work / f"{engine}-{i}.log")
+            res, mem = run_engine(engine, config, args.cpus, work / f"{engine}-{i}.log")
             rate = res["phones"] / res["cpu_seconds"]
-            print(f"  run {i + 1}/{len(order)}: {engine} {rate:.2f} phones per CPU-second, peak {rss / 1e6:.0f} MB")
-            peak_rss[engine] = max(rss, peak_rss.get(engine, 0))
+            print(
+                f"  run {i + 1}/{len(order)}: {engine} {rate:.2f} phones per CPU-second, peak "
+                f"{mem.footprint / 1e6:.0f} MB (RSS summed {mem.rss / 1e6:.0f} MB)"
+            )
+            top = peaks.setdefault(engine, TreeMemory())
+            top.rss, top.footprint = max(top.rss, mem.rss), max(top.footprint, mem.footprint)
             if engine not in best or rate > best[engine]["phones"] / best[engine]["cpu_seconds"]:
                 best[engine] = res
-        results = {engine: (best[engine], peak_rss[engine]) for engine in ENGINES}
+        results = {engine: (best[engine], peaks[engine]) for engine in ENGINES}
         again = matmul_peak(args.cpus)
         print(f"matmul peak again after the engines: {again:.1f} (the better of the two is the peak)")
         peak = max(peak, again)
@@ -427,27 +421,29 @@ def main() -> None:
     print(f"agreement: plain loop vs fedkey batched trainer, one phone's delta, relative L2 {floor['agreement']:.1e}")
     wall, rate, mem, frac = {}, {}, {}, {}
     print(
-        f"{'engine':8} {'phones/s wall':>13} {'CPUs busy':>9} {'phones/CPU-s':>12} {'peak MB':>8} "
+        f"{'engine':8} {'phones/s wall':>13} {'CPUs busy':>9} {'phones/CPU-s':>12} {'peak MB':>8} {'RSS sum':>8} "
         f"{'GFLOP/CPU-s':>11} {'of peak':>7} {'nominal':>7}"
     )
-    for engine, (res, rss) in results.items():
+    for engine, (res, tree) in results.items():
         wall[engine] = res["phones"] / res["seconds"]
         rate[engine] = res["phones"] / res["cpu_seconds"]
-        mem[engine] = rss / 1e6
+        mem[engine] = tree
         gflops = rate[engine] * useful / 1e9
         frac[engine] = gflops / peak
         print(
             f"{engine:8} {wall[engine]:13.2f} {res['cpu_seconds'] / res['seconds']:9.2f} {rate[engine]:12.2f} "
-            f"{mem[engine]:8.0f} {gflops:11.1f} {frac[engine]:7.0%} {rate[engine] * nominal / 1e9 / peak:7.0%}"
+            f"{tree.footprint / 1e6:8.0f} {tree.rss / 1e6:8.0f} {gflops:11.1f} {frac[engine]:7.0%} "
+            f"{rate[engine] * nominal / 1e9 / peak:7.0%}"
         )
     print(
         f"wall-clock basis: speedup_vs_flower={wall['fedkey'] / wall['flower']:.2f} "
         f"speedup_vs_floor={wall['fedkey'] / wall['floor']:.2f} phones_per_s={wall['fedkey']:.2f}"
     )
+    print(f"summed-RSS basis: mem_vs_floor={mem['fedkey'].rss / mem['floor'].rss:.2f}")
     print(
         f"RESULT speedup_vs_flower={rate['fedkey'] / rate['flower']:.2f} "
         f"speedup_vs_floor={rate['fedkey'] / rate['floor']:.2f} phones_per_s={rate['fedkey']:.2f} "
-        f"mem_vs_floor={mem['fedkey'] / mem['floor']:.2f} peak_frac={frac['fedkey']:.2f}"
+        f"mem_vs_floor={mem['fedkey'].footprint / mem['floor'].footprint:.2f} peak_frac={frac['fedkey']:.2f}"
     )
 
 

@@ -1,8 +1,9 @@
 """`fedkey simulate` end to end at scale: does peak memory follow the cohort, not the population?
 
 Runs `fedkey simulate` (Flower simulation engine, Ray, phone hosts, the default update pipeline) in a
-child process for a few rounds at three (population, cohort) points and samples the resident memory
-of the child's whole process tree (server, Ray, phone hosts) every 0.1 s:
+child process for a few rounds at three (population, cohort) points and samples the memory of the
+child's whole process tree (server, Ray, phone hosts) every 0.1 s: its peak footprint, shared pages
+counted once (``tree_memory.py``), and the RSS summed over the tree beside it:
 
 - the headline: a 100,000-phone population with 1,000-phone cohorts (issue 5, "Scale");
 - the same cohort from a population 5× smaller: memory bounded by the cohort stays the same;
@@ -25,18 +26,17 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
 from fed_quality import start_simulation
-from sim_throughput import tree_rss
+from tree_memory import watch_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def simulate(data: Path, population: int, cohort: int, rounds: int) -> dict[str, float]:
-    """One `fedkey simulate` run: peak tree RSS (MB), rounds run, mean wall seconds per round after the first."""
+    """One `fedkey simulate` run: peak tree footprint and summed RSS (MB), rounds run, mean wall seconds per
+    round after the first."""
     overrides = {
         "model.preset": '"small"',
         "population.size": population,
@@ -52,16 +52,14 @@ def simulate(data: Path, population: int, cohort: int, rounds: int) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="fedkey-scale-") as tmp:
         out = Path(tmp) / "run"
         child = start_simulation(out, data, [f"{key}={value}" for key, value in overrides.items()], resume=False)
-        proc, peak = psutil.Process(child.pid), 0
-        while child.poll() is None:
-            peak = max(peak, tree_rss(proc))
-            time.sleep(0.1)
+        peak = watch_peak(child, period_s=0.1)
         if child.returncode != 0:
             sys.exit(f"fedkey simulate failed:\n{(out / 'simulate.log').read_text()[-3000:]}")
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     times = [r["wall_time_s"] for r in rows]
     return {
-        "peak_mb": peak / 1e6,
+        "peak_mb": peak.footprint / 1e6,
+        "rss_mb": peak.rss / 1e6,
         "rounds": len(rows),
         "reported": sum(r["reported"] for r in rows) / len(rows),
         "s_per_round": (times[-1] - times[0]) / max(1, len(rows) - 1),
@@ -83,10 +81,12 @@ def main() -> None:
         "smaller_cohort": (population, cohort // 10),
     }
     results = {}
-    print(f"{'population':>10} {'cohort':>6} {'reported/round':>14} {'s/round':>8} {'peak MB':>8}")
+    print(f"{'population':>10} {'cohort':>6} {'reported/round':>14} {'s/round':>8} {'peak MB':>8} {'RSS sum':>8}")
     for name, (pop, coh) in points.items():
         results[name] = r = simulate(args.data, pop, coh, rounds)
-        print(f"{pop:10,} {coh:6,} {r['reported']:14.0f} {r['s_per_round']:8.1f} {r['peak_mb']:8.0f}")
+        print(
+            f"{pop:10,} {coh:6,} {r['reported']:14.0f} {r['s_per_round']:8.1f} {r['peak_mb']:8.0f} {r['rss_mb']:8.0f}"
+        )
     head = results["headline"]
     print(
         f"RESULT population={population} cohort={cohort} peak_mb={head['peak_mb']:.0f} "
