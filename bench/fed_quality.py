@@ -5,6 +5,8 @@ once with the default update pipeline (top-k 10% + 4-bit quantization: "compress
 empty pipeline (dense fp32 updates: "uncompressed"). Each run's held-out recall@1 (final.json) is
 divided by the recall@1 of a `fedkey train-central` run's best checkpoint of the same model preset,
 evaluated here on the same held-out word positions; the uploaded bytes are summed from metrics.jsonl.
+A run folder that already holds a finished run of exactly the same settings is read, not rerun; with
+``--resume`` an unfinished one continues from its checkpoint.
 
     .venv/bin/python bench/fed_quality.py --central-run runs/central-default [--rounds R] [--cohort C]
         [--positions N] [--set KEY=VALUE ...] [--out runs/fed-quality] [--resume] [--quick] [--write]
@@ -22,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -61,6 +64,33 @@ def finished_run(out: Path) -> dict:
     final["curve"] = [(r["round"], r["recall@1"], r["loss"]) for r in rows if r.get("recall@1") is not None]
     final["simulate"] = load_config(out / "config.toml").simulate
     return final
+
+
+def already_done(out: Path, overrides: list[str]) -> bool:
+    """Whether OUT holds a finished run whose effective settings are exactly these overrides'."""
+    if not (out / "final.json").is_file() or not (out / "config.toml").is_file():
+        return False
+    return load_config(out / "config.toml").model_dump() == load_config(None, overrides).model_dump()
+
+
+def run_all(jobs: dict[str, list[str]], out: Path, data: Path, parallel: int, resume: bool) -> None:
+    """Runs every recipe not already done, at most ``parallel`` at a time; exits if one fails."""
+    waiting = [name for name, overrides in jobs.items() if not already_done(out / name, overrides)]
+    running: dict[str, subprocess.Popen] = {}
+    while waiting or running:
+        while waiting and len(running) < parallel:
+            name = waiting.pop(0)
+            running[name] = start_simulation(out / name, data, jobs[name], resume)
+        time.sleep(2)
+        for name, child in list(running.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            del running[name]
+            if code != 0:
+                for other in running.values():
+                    other.terminate()
+                sys.exit(f"the {name} run failed: see {out / name / 'simulate.log'}")
 
 
 def central_recall(run: Path, data: Path, max_positions: int) -> dict:
@@ -162,15 +192,9 @@ def main() -> None:
         f"eval.max_positions={positions}",
         *args.overrides,
     ]
-    children = {
-        name: start_simulation(args.out / name, args.data, [*common, *extra], args.resume)
-        for name, extra in VARIANTS.items()
-    }
+    run_all({name: [*common, *extra] for name, extra in VARIANTS.items()}, args.out, args.data, 2, args.resume)
     torch.set_num_threads(1)
     central = central_recall(args.central_run, args.data, positions)
-    for name, child in children.items():
-        if child.wait() != 0:
-            sys.exit(f"the {name} run failed: see {args.out / name / 'simulate.log'}")
     runs = {name: finished_run(args.out / name) for name in VARIANTS}
     commands = [
         f"fedkey simulate --out {shown(args.out / name)} --data {shown(args.data)} "

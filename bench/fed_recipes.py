@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from fed_quality import finished_run, shown, start_simulation, write_section
-
-from fedkey.config import load_config
+from fed_quality import finished_run, run_all, shown, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Federated training recipes (issue 5)"
@@ -58,33 +53,6 @@ def parse_recipe(text: str) -> tuple[str, list[str]]:
     if not sep or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise argparse.ArgumentTypeError(f"recipe {text!r}: expected NAME:KEY=VALUE;KEY=VALUE (NAME of [A-Za-z0-9._-])")
     return name, [item.strip() for item in rest.split(";") if item.strip()]
-
-
-def already_done(out: Path, overrides: list[str]) -> bool:
-    """Whether OUT holds a finished run whose effective settings are exactly these overrides'."""
-    if not (out / "final.json").is_file() or not (out / "config.toml").is_file():
-        return False
-    return load_config(out / "config.toml").model_dump() == load_config(None, overrides).model_dump()
-
-
-def run_all(jobs: dict[str, list[str]], out: Path, data: Path, parallel: int, resume: bool) -> None:
-    """Runs every recipe not already done, at most ``parallel`` at a time; exits if one fails."""
-    waiting = [name for name, overrides in jobs.items() if not already_done(out / name, overrides)]
-    running: dict[str, subprocess.Popen] = {}
-    while waiting or running:
-        while waiting and len(running) < parallel:
-            name = waiting.pop(0)
-            running[name] = start_simulation(out / name, data, jobs[name], resume)
-        time.sleep(2)
-        for name, child in list(running.items()):
-            code = child.poll()
-            if code is None:
-                continue
-            del running[name]
-            if code != 0:
-                for other in running.values():
-                    other.terminate()
-                sys.exit(f"the {name} run failed: see {out / name / 'simulate.log'}")
 
 
 def table(
