@@ -10,7 +10,7 @@ import typer
 from pydantic import BaseModel
 
 from fedkey.cli_common import ConfigOption, SetOption, console, effective_config, user_errors
-from fedkey.config import SimulateConfig, to_toml
+from fedkey.config import SimulateConfig, load_for_resume, to_toml
 
 
 def settings_help(section: str, model: type[BaseModel]) -> list[str]:
@@ -86,10 +86,11 @@ def simulate_command(
             extra.append(f"simulate.cohort_size={cohort}")
         return extra
 
-    base = config
-    if base is None and resume and (out / "config.toml").is_file():
-        base = out / "config.toml"
-    cfg = effective_config(base, set_, flags)
+    if config is None and resume and (out / "config.toml").is_file():
+        with user_errors():
+            cfg = load_for_resume(out / "config.toml", [*(set_ or []), *flags()])
+    else:
+        cfg = effective_config(config, set_, flags)
     with user_errors():
         data_dir = ensure_data(data, cfg)
         build_setup(cfg, data_dir)  # refuse a configuration that cannot work before Flower starts

@@ -329,5 +329,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_format_errors(err, source)) from None
 
 
+def load_for_resume(path: Path, overrides: list[str] | None = None) -> FedkeyConfig:
+    """A run folder's effective ``config.toml`` (+ overrides) to continue that run.
+
+    The file holds every setting the run used. One that lacks a setting fedkey has now was written
+    before the setting existed: resuming would give it today's default silently and change the run's
+    course midway, so that is refused unless the overrides set it."""
+    config = load_config(path, overrides)
+    written = _dotted_keys(tomllib.loads(path.read_text(encoding="utf-8")))
+    given = set().union(*(_dotted_keys(parse_override(item)) for item in overrides or []))
+    missing = sorted(_dotted_keys(config.model_dump(mode="json", exclude_none=True)) - written - given)
+    if missing:
+        raise ConfigError(
+            f"cannot resume from {path}: it was written before these settings existed, and today's defaults "
+            f"would apply to the rest of the run silently: {', '.join(missing)}. Give the values that run "
+            "used (--set KEY=VALUE), or start a new run folder"
+        )
+    return config
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys |= _dotted_keys(value, f"{name}.") if isinstance(value, dict) else {name}
+    return keys
+
+
 def to_toml(config: BaseModel) -> str:
     return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkey.config import ConfigError, FedkeyConfig, load_config
+from fedkey.config import ConfigError, FedkeyConfig, load_config, load_for_resume
 from fedkey.data import prepare_from_config
 from fedkey.device_sim.federated_data import FederatedData, sample_messages
 from fedkey.device_sim.phone_host import HostTask
@@ -314,7 +314,8 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     """Parse run_config: ``config-file``, ``data-dir``, ``out``, ``resume``, ``progress`` and any dotted
     key as a config override (``simulate.rounds = 5``, as ``[tool.flwr.app.config.simulate]`` flattens).
 
-    With ``resume`` and no ``config-file``, the run folder's ``config.toml`` is the base.
+    With ``resume`` and no ``config-file``, the run folder's ``config.toml`` is the base
+    (:func:`fedkey.config.load_for_resume`).
     """
     unknown = [k for k in run_config if k not in RUN_CONFIG_KEYS and "." not in k]
     if unknown:
@@ -327,11 +328,13 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     out = Path(str(run_config["out"]))
     resume = bool(run_config.get("resume", False))
     config_file = run_config.get("config-file") or None
-    if config_file is None and resume and (out / "config.toml").is_file():
-        config_file = out / "config.toml"
     overrides = [f"{k}={_toml_value(v)}" for k, v in run_config.items() if "." in k]
+    if config_file is None and resume and (out / "config.toml").is_file():
+        config = load_for_resume(out / "config.toml", overrides)
+    else:
+        config = load_config(config_file, overrides)
     return RunSettings(
-        config=load_config(config_file, overrides),
+        config=config,
         data_dir=Path(str(run_config["data-dir"])),
         out=out,
         resume=resume,

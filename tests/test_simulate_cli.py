@@ -10,6 +10,7 @@ from simulate_helpers import TINY, run_fedkey
 from typer.testing import CliRunner
 
 from fedkey.cli import app
+from fedkey.config import load_config, to_toml
 from fedkey.models.manifest import load_bundle
 from fedkey.server.app import METRIC_KEYS
 
@@ -54,6 +55,16 @@ def test_cli_refuses_an_impossible_cohort_before_starting_flower(prepared, tmp_p
     assert result.exit_code == 2
     assert "population has" in result.output
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_cli_refuses_to_resume_a_run_folder_missing_a_setting(prepared, tmp_path: Path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.toml").write_text(to_toml(load_config(None, list(TINY))).replace("local_dropout = 0.0\n", ""))
+    args = ["simulate", "--data", str(prepared.root), "--out", str(run), "--resume", *sets(*TINY)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "simulate.local_dropout" in result.output
+    assert not (run / "metrics.jsonl").exists()
 
 
 def test_help_lists_every_simulate_setting():

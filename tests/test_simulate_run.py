@@ -10,7 +10,7 @@ import pytest
 import torch
 from simulate_helpers import LocalGrid, tiny_config
 
-from fedkey.config import ConfigError, load_config
+from fedkey.config import ConfigError, load_config, to_toml
 from fedkey.models.checkpoint import Checkpoint
 from fedkey.server.app import METRIC_KEYS, SimulationRun
 from fedkey.simulate import RunSettings, SimulationConfigError, build_setup, config_from_run_config
@@ -143,3 +143,17 @@ def test_run_config_keys_and_dotted_overrides(tmp_path: Path):
     with pytest.raises(ConfigError, match="needs 'out'"):
         config_from_run_config({"data-dir": "d"})
     np.testing.assert_equal(settings.data_dir, Path("d"))
+
+
+def test_resume_refuses_a_run_folder_written_before_a_setting_existed(tmp_path: Path):
+    """A config.toml lacking a setting (an older fedkey wrote it) would resume on today's default silently."""
+    full = to_toml(load_config(None, ["simulate.rounds=9"]))
+    assert 'message_selection = "sample"' in full
+    (tmp_path / "config.toml").write_text(full.replace('message_selection = "sample"\n', ""))
+    run_config = {"out": str(tmp_path), "data-dir": "d", "resume": True}
+    with pytest.raises(ConfigError, match=r"before these settings existed.*simulate\.message_selection"):
+        config_from_run_config(run_config)
+    given = config_from_run_config(run_config | {"simulate.message_selection": "first"})
+    assert given.config.simulate.message_selection == "first" and given.config.simulate.rounds == 9
+    (tmp_path / "config.toml").write_text(full)  # a complete file resumes as written
+    assert config_from_run_config(run_config).config.simulate.rounds == 9

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from tree_memory import tree_footprint, tree_rss, watch_peak  # noqa: E402
+from tree_memory import tree_footprint, tree_rss, watch_peak
 
 MB = 1 << 20
 # each worker: 100 MB of its own (written) and the same 64 MB file mapped and read, then waits
