@@ -133,16 +133,17 @@ def phone_work(host: PhoneHost, phone: int, round_idx: int) -> tuple[Batches, in
 def engine_floor(config: Mapping[str, Any]) -> dict[str, Any]:
     """A loop over the cohort, each phone trained in turn, then the weighted mean; one round, timed.
 
-    Warm-up first: the agreement check and every phone's tokenised data (which the other engines
-    cache in their first round).
+    Warm-up first: one phone trained, and every phone's tokenised data (which the other engines cache
+    in their first round).
     """
     setup = build_setup(config_from_run_config(config).config, config["data-dir"])
     task, sim = setup.task, setup.config.simulate
     host = PhoneHost(task)
-    check = agreement(setup, host)
     for phone in range(sim.cohort_size):
         phone_work(host, phone, 1)
     model = CifgLstm(setup.model_config, seed=sim.seed)
+    batches, steps, _, _ = phone_work(host, 0, 1)
+    train_plain(model, batches, steps, task.lr, task.grad_clip)
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
     total = {k: torch.zeros_like(v) for k, v in global_state.items()}
@@ -163,16 +164,17 @@ def engine_floor(config: Mapping[str, Any]) -> dict[str, Any]:
         "window": [t0, time.perf_counter()],
         "positions_useful": useful,
         "positions_nominal": nominal,
-        "agreement": check,
         "flops_per_position": train_flops_per_position(setup.model_config),
     }
 
 
-def agreement(setup: Any, host: PhoneHost) -> float:
-    """Relative L2 difference of one phone's delta: the plain loop vs fedkey's batched trainer."""
+def agreement(config: Mapping[str, Any]) -> float:
+    """Relative L2 difference of one phone's delta: the plain loop vs fedkey's batched trainer (run in
+    its own process, so that neither engine's memory peak counts the other's trainer)."""
     from fedkey.device_sim.batched_training import train_phones
 
-    task = setup.task
+    setup = build_setup(config_from_run_config(config).config, config["data-dir"])
+    task, host = setup.task, PhoneHost(setup.task)
     batches, steps, _, _ = phone_work(host, 0, 1)
     model = CifgLstm(setup.model_config, seed=setup.config.simulate.seed)
     start = [p.detach().clone() for p in model.param_dict().values()]
@@ -362,10 +364,14 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=1, help="CPUs each engine may use (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="which phones")
     parser.add_argument("--repeats", type=int, default=2, help="alternated runs of floor and fedkey (best counts)")
-    parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=[*ENGINES, "agreement"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.cpus)
+    if args.engine == "agreement":
+        config = json.loads(args.config)
+        (Path(config["out"]) / "result.json").write_text(json.dumps({"agreement": agreement(config)}))
+        return
     if args.engine:
         config = json.loads(args.config)
         clock = TreeClock()
@@ -383,6 +389,9 @@ def main() -> None:
         peak = matmul_peak(args.cpus)
         print(f"cohort {cohort} phones (chitchat, >= {MIN_MESSAGES} messages), {args.cpus} CPU(s)")
         print(f"fp32 matmul peak {peak:.1f} GFLOP per CPU-second ({args.cpus} thread(s))")
+        (work / "agreement").mkdir()
+        checked = run_config(data_dir, work / "agreement", cohort, 1, args.cpus)
+        check, _ = run_engine("agreement", checked, args.cpus, work / "agreement.log")
         # floor and fedkey alternate --repeats times and each keeps its fastest run (and its highest
         # peak memory): this machine's speed drifts by 10-15% over minutes (the matmul peak too), and
         # alternating exposes both engines to the drift alike
@@ -418,7 +427,7 @@ def main() -> None:
         f"per phone: {floor['positions_useful'] / cohort:.0f} counted positions "
         f"({floor['positions_nominal'] / cohort:.0f} with padding), {useful / 1e9:.2f} GFLOP of training"
     )
-    print(f"agreement: plain loop vs fedkey batched trainer, one phone's delta, relative L2 {floor['agreement']:.1e}")
+    print(f"agreement: plain loop vs fedkey batched trainer, one phone's delta, relative L2 {check['agreement']:.1e}")
     wall, rate, mem, frac = {}, {}, {}, {}
     print(
         f"{'engine':8} {'phones/s wall':>13} {'CPUs busy':>9} {'phones/CPU-s':>12} {'peak MB':>8} {'RSS sum':>8} "
