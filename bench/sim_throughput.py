@@ -409,7 +409,9 @@ def main() -> None:
                 f"{mem.footprint / 1e6:.0f} MB (RSS summed {mem.rss / 1e6:.0f} MB)"
             )
             top = peaks.setdefault(engine, TreeMemory())
-            top.rss, top.footprint = max(top.rss, mem.rss), max(top.footprint, mem.footprint)
+            top.rss = max(top.rss, mem.rss)
+            if mem.footprint > top.footprint:
+                top.footprint, top.at_peak = mem.footprint, mem.at_peak
             if engine not in best or rate > best[engine]["phones"] / best[engine]["cpu_seconds"]:
                 best[engine] = res
         results = {engine: (best[engine], peaks[engine]) for engine in ENGINES}
@@ -449,6 +451,11 @@ def main() -> None:
         f"speedup_vs_floor={wall['fedkey'] / wall['floor']:.2f} phones_per_s={wall['fedkey']:.2f}"
     )
     print(f"summed-RSS basis: mem_vs_floor={mem['fedkey'].rss / mem['floor'].rss:.2f}")
+    print("footprint at each engine's peak, MB: private pages by process, then shared pages (once)")
+    for engine, tree in mem.items():
+        parts = sorted(tree.at_peak.private.items(), key=lambda item: -item[1])
+        listed = ", ".join(f"{name} {size / 1e6:.0f}" for name, size in parts if size >= 5e6)
+        print(f"  {engine}: {listed}, shared {tree.at_peak.shared / 1e6:.0f}")
     print(
         f"RESULT speedup_vs_flower={rate['fedkey'] / rate['flower']:.2f} "
         f"speedup_vs_floor={rate['fedkey'] / rate['floor']:.2f} phones_per_s={rate['fedkey']:.2f} "

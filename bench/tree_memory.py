@@ -13,17 +13,32 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
 
 @dataclass
+class Footprint:
+    """Bytes a tree holds at one instant: private pages by kind of process, and shared pages once."""
+
+    private: dict[str, int] = field(default_factory=dict)
+    shared: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.private.values()) + self.shared
+
+
+@dataclass
 class TreeMemory:
-    """Bytes: peak summed RSS and peak footprint (each its own peak over the run)."""
+    """Bytes: peak summed RSS and peak footprint (each its own peak over the run), and the footprint's
+    breakdown at its peak."""
 
     rss: int = 0
     footprint: int = 0
+    at_peak: Footprint = field(default_factory=Footprint)
 
 
 def process_tree(proc: psutil.Process) -> list[psutil.Process]:
@@ -42,33 +57,48 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def tree_footprint(proc: psutil.Process) -> int:
-    """Bytes the tree holds: private pages of every process, pages of shared mappings once."""
-    private, shared = 0, {}
+def kind(p: psutil.Process) -> str:
+    """A process's kind: a Ray worker's task name (``ray::ClientAppActor``), a Python script's file name,
+    else the program's name."""
+    with contextlib.suppress(psutil.Error):
+        command = p.cmdline()
+        if command and command[0].startswith("ray::"):
+            return command[0].split(".")[0]
+        scripts = [Path(arg).name for arg in command[1:] if arg.endswith(".py")]
+        return scripts[0] if scripts else Path(command[0]).name if command else p.name()
+    return "?"
+
+
+def tree_footprint(proc: psutil.Process) -> Footprint:
+    """What the tree holds: private pages of every process (by kind), pages of shared mappings once."""
+    result, shared = Footprint(), {}
     for p in process_tree(proc):
         try:
             with open(f"/proc/{p.pid}/smaps") as handle:
                 lines = handle.read().splitlines()
         except OSError:
             continue
-        mine: dict[tuple[str, str, str], int] = {}
+        private, mine = 0, {}
         key = None
         for line in lines:
-            field, _, rest = line.partition(" ")
-            if not field.endswith(":"):  # a mapping's header: address perms offset dev inode [path]
+            field_name, _, rest = line.partition(" ")
+            if not field_name.endswith(":"):  # a mapping's header: address perms offset dev inode [path]
                 parts = line.split()
                 key = (parts[3], parts[4], parts[2]) if parts[4] != "0" else None
-            elif field in ("Private_Clean:", "Private_Dirty:"):
+            elif field_name in ("Private_Clean:", "Private_Dirty:"):
                 private += int(rest.split()[0]) * 1024
-            elif field in ("Shared_Clean:", "Shared_Dirty:"):
+            elif field_name in ("Shared_Clean:", "Shared_Dirty:"):
                 size = int(rest.split()[0]) * 1024
                 if key is None:  # anonymous memory shared after a fork: counted with its process
                     private += size
                 else:
                     mine[key] = mine.get(key, 0) + size
+        name = kind(p)
+        result.private[name] = result.private.get(name, 0) + private
         for k, size in mine.items():
             shared[k] = max(shared.get(k, 0), size)
-    return private + sum(shared.values())
+    result.shared = sum(shared.values())
+    return result
 
 
 def watch_peak(child: subprocess.Popen, period_s: float = 0.05, footprint_every_s: float = 1.0) -> TreeMemory:
@@ -78,7 +108,9 @@ def watch_peak(child: subprocess.Popen, period_s: float = 0.05, footprint_every_
     while child.poll() is None:
         rss = tree_rss(proc)
         if rss > peak.rss or time.monotonic() - last >= footprint_every_s:
-            peak.footprint = max(peak.footprint, tree_footprint(proc))
+            now = tree_footprint(proc)
+            if now.total > peak.footprint:
+                peak.footprint, peak.at_peak = now.total, now
             last = time.monotonic()
         peak.rss = max(peak.rss, rss)
         time.sleep(period_s)

@@ -43,7 +43,7 @@ def measure(workers: int, file: Path) -> tuple[int, int]:
     try:
         assert root.stdout is not None and root.stdout.readline().strip() == "ready"
         proc = psutil.Process(root.pid)
-        return tree_rss(proc), tree_footprint(proc)
+        return tree_rss(proc), tree_footprint(proc).total
     finally:
         for p in psutil.Process(root.pid).children(recursive=True):
             p.kill()
@@ -77,3 +77,5 @@ def test_watch_peak_keeps_the_highest_values_until_the_child_exits(shared_file: 
     assert child.returncode == 0 and time.monotonic() - started >= 1.5
     assert peak.footprint >= 164 * MB
     assert peak.rss >= peak.footprint - 8 * MB  # one process: summed RSS and footprint nearly agree
+    assert peak.at_peak.total == peak.footprint
+    assert peak.at_peak.private[Path(sys.executable).name] >= 100 * MB  # its own bytearray
