@@ -74,7 +74,8 @@ def already_done(out: Path, overrides: list[str]) -> bool:
 
 
 def run_all(jobs: dict[str, list[str]], out: Path, data: Path, parallel: int, resume: bool) -> None:
-    """Runs every recipe not already done, at most ``parallel`` at a time; exits if one fails."""
+    """Runs every job (name -> overrides) not already done in OUT/name, at most ``parallel`` at a time;
+    exits if one fails."""
     waiting = [name for name, overrides in jobs.items() if not already_done(out / name, overrides)]
     running: dict[str, subprocess.Popen] = {}
     while waiting or running:

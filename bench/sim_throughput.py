@@ -141,9 +141,9 @@ def engine_floor(config: Mapping[str, Any]) -> dict[str, Any]:
     host = PhoneHost(task)
     for phone in range(sim.cohort_size):
         phone_work(host, phone, 1)
-    model = CifgLstm(setup.model_config, seed=sim.seed)
     batches, steps, _, _ = phone_work(host, 0, 1)
-    train_plain(model, batches, steps, task.lr, task.grad_clip)
+    train_plain(CifgLstm(setup.model_config, seed=sim.seed), batches, steps, task.lr, task.grad_clip)
+    model = CifgLstm(setup.model_config, seed=sim.seed)
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
     total = {k: torch.zeros_like(v) for k, v in global_state.items()}
