@@ -33,12 +33,14 @@ class Footprint:
 
 @dataclass
 class TreeMemory:
-    """Bytes: peak summed RSS and peak footprint (each its own peak over the run), and the footprint's
-    breakdown at its peak."""
+    """Peak summed RSS and the footprint at its peak (each its own peak over the run)."""
 
     rss: int = 0
-    footprint: int = 0
     at_peak: Footprint = field(default_factory=Footprint)
+
+    @property
+    def footprint(self) -> int:
+        return self.at_peak.total
 
 
 def process_tree(proc: psutil.Process) -> list[psutil.Process]:
@@ -102,16 +104,18 @@ def tree_footprint(proc: psutil.Process) -> Footprint:
 
 
 def watch_peak(child: subprocess.Popen, period_s: float = 0.05, footprint_every_s: float = 1.0) -> TreeMemory:
-    """Polls a running child's tree until it exits: RSS every ``period_s``, the footprint (slower to
-    read) whenever the RSS sum reaches a new high and at least every ``footprint_every_s``."""
-    proc, peak, last = psutil.Process(child.pid), TreeMemory(), 0.0
+    """Polls a running child's tree until it exits: RSS every ``period_s``; the footprint (tens of ms
+    per process to read) when the RSS sum has grown 1% past its value at the last reading, and at least
+    every ``footprint_every_s``."""
+    proc, peak = psutil.Process(child.pid), TreeMemory()
+    last_time, last_rss = 0.0, 0
     while child.poll() is None:
         rss = tree_rss(proc)
-        if rss > peak.rss or time.monotonic() - last >= footprint_every_s:
+        if rss > last_rss * 1.01 or time.monotonic() - last_time >= footprint_every_s:
             now = tree_footprint(proc)
             if now.total > peak.footprint:
-                peak.footprint, peak.at_peak = now.total, now
-            last = time.monotonic()
+                peak.at_peak = now
+            last_time, last_rss = time.monotonic(), rss
         peak.rss = max(peak.rss, rss)
         time.sleep(period_s)
     return peak

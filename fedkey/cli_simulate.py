@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel
 
-from fedkey.cli_common import ConfigOption, SetOption, console, effective_config, user_errors
-from fedkey.config import SimulateConfig, load_for_resume, to_toml
+from fedkey.cli_common import ConfigOption, SetOption, console, user_errors
+from fedkey.config import SimulateConfig, load_run_config, to_toml
 
 
 def settings_help(section: str, model: type[BaseModel]) -> list[str]:
@@ -86,11 +86,8 @@ def simulate_command(
             extra.append(f"simulate.cohort_size={cohort}")
         return extra
 
-    if config is None and resume and (out / "config.toml").is_file():
-        with user_errors():
-            cfg = load_for_resume(out / "config.toml", [*(set_ or []), *flags()])
-    else:
-        cfg = effective_config(config, set_, flags)
+    with user_errors():
+        cfg = load_run_config(out, config, resume, [*(set_ or []), *flags()])
     with user_errors():
         data_dir = ensure_data(data, cfg)
         build_setup(cfg, data_dir)  # refuse a configuration that cannot work before Flower starts

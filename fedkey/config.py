@@ -348,6 +348,14 @@ def load_for_resume(path: Path, overrides: list[str] | None = None) -> FedkeyCon
     return config
 
 
+def load_run_config(out: Path, config_file: str | Path | None, resume: bool, overrides: list[str]) -> FedkeyConfig:
+    """The config of a run into folder ``out``: ``config_file`` (or the defaults) + overrides; resuming
+    without a config file, the run folder's own ``config.toml`` (:func:`load_for_resume`)."""
+    if config_file is None and resume and (out / "config.toml").is_file():
+        return load_for_resume(out / "config.toml", overrides)
+    return load_config(config_file, overrides)
+
+
 def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
     keys: set[str] = set()
     for key, value in tree.items():

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkey.config import ConfigError, FedkeyConfig, load_config, load_for_resume
+from fedkey.config import ConfigError, FedkeyConfig, load_run_config
 from fedkey.data import prepare_from_config
 from fedkey.device_sim.federated_data import FederatedData, sample_messages
 from fedkey.device_sim.phone_host import HostTask
@@ -315,7 +315,7 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     key as a config override (``simulate.rounds = 5``, as ``[tool.flwr.app.config.simulate]`` flattens).
 
     With ``resume`` and no ``config-file``, the run folder's ``config.toml`` is the base
-    (:func:`fedkey.config.load_for_resume`).
+    (:func:`fedkey.config.load_run_config`).
     """
     unknown = [k for k in run_config if k not in RUN_CONFIG_KEYS and "." not in k]
     if unknown:
@@ -329,12 +329,8 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     resume = bool(run_config.get("resume", False))
     config_file = run_config.get("config-file") or None
     overrides = [f"{k}={_toml_value(v)}" for k, v in run_config.items() if "." in k]
-    if config_file is None and resume and (out / "config.toml").is_file():
-        config = load_for_resume(out / "config.toml", overrides)
-    else:
-        config = load_config(config_file, overrides)
     return RunSettings(
-        config=config,
+        config=load_run_config(out, config_file, resume, overrides),
         data_dir=Path(str(run_config["data-dir"])),
         out=out,
         resume=resume,
