@@ -67,8 +67,9 @@ import torch
 from tree_memory import TreeMemory, process_tree, watch_peak
 
 from fedkey.device_sim.federated_data import FederatedData
-from fedkey.device_sim.phone_host import HostTask, PhoneHost, host_for
-from fedkey.models.cifg_lstm import CifgLstm
+from fedkey.device_sim.host_runtime import PhoneHost, host_for
+from fedkey.device_sim.phone_host import HostTask
+from fedkey.models.cifg_lstm import CifgLstm, initial_weights
 from fedkey.models.onnx_local_update import Batches
 from fedkey.simulate import backend_config, build_setup, config_from_run_config, train_flops_per_position
 
@@ -182,7 +183,7 @@ def agreement(config: Mapping[str, Any]) -> float:
     plain = torch.cat([(p.detach() - s).reshape(-1) for p, s in zip(model.param_dict().values(), start, strict=True)])
     batched = train_phones(
         setup.model_config,
-        setup.initial_weights,
+        initial_weights(setup.model_config, setup.config.simulate.seed),
         [batches],
         [steps],
         lr=task.lr,

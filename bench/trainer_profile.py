@@ -47,8 +47,8 @@ from sim_throughput import DATA, matmul_peak, phone_work, run_config, subset_dat
 from torch.profiler import ProfilerActivity, profile
 
 from fedkey.device_sim.batched_training import train_phones
-from fedkey.device_sim.phone_host import PhoneHost
-from fedkey.models.cifg_lstm import CifgLstm
+from fedkey.device_sim.host_runtime import PhoneHost
+from fedkey.models.cifg_lstm import CifgLstm, initial_weights
 from fedkey.simulate import build_setup, config_from_run_config, train_flops_per_position
 
 SOFTMAX_OPS = {"aten::addmm", "aten::addmm_", "aten::mm"}  # the fused loss's three products per chunk
@@ -93,7 +93,7 @@ def main() -> None:
         def train() -> None:
             train_phones(
                 setup.model_config,
-                setup.initial_weights,
+                initial_weights(setup.model_config, setup.config.simulate.seed),
                 [b for b, _, _, _ in phones],
                 [steps for _, steps, _, _ in phones],
                 lr=task.lr,

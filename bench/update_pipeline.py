@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkey.models.cifg_lstm import ModelConfig
+from fedkey.models.model_config import ModelConfig
 from fedkey.privacy.mechanisms import clip_rows
 from fedkey.protocol.pipeline import UpdatePipeline, decode, decode_batch
 

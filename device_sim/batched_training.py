@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig
+from fedkey.models.model_config import PARAM_NAMES, ModelConfig
 from fedkey.models.onnx_local_update import Batches, LocalUpdateError
 from fedkey.models.onnx_train import clip_scale
 

@@ -25,6 +25,16 @@ phone), ``MetricRecord`` "metrics" (per-phone ``examples`` = training sequences,
 ran: ``hostname``, ``pid`` and ``ray-node-id``, the Ray node's id or "" outside Ray; see
 :func:`host_identity`).
 
+Two more messages, so that the server never needs the model's code (nor torch): ``evaluate`` (the
+same "arrays" and task "config", plus :class:`EvalTask`'s keys) evaluates the weights on held-out
+users and replies with ``MetricRecord`` "metrics" (``recall@1``, ``recall@3``, ``perplexity``...);
+``query.initial_weights`` (task "config" only) replies with "arrays" holding the run's initial
+weights, the model's seeded initialisation (``run-seed``).
+
+The torch side (training, evaluation, initialisation) lives in :mod:`host_runtime`, imported by the
+handlers on the first message: the driver process of Flower's simulation loads this ClientApp object
+next to the ServerApp and stays torch-free.
+
 Node config (``flower-supernode --node-config``; see ``fedkey.deploy``), all optional:
 ``data-dir`` (this node's copy of the prepared data; default: the server's path from the task),
 ``threads`` (torch / ONNX Runtime threads; default: the task's), ``cache-dir`` (ONNX graphs; default:
@@ -34,35 +44,37 @@ process across rounds.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import math
 import os
-import shutil
 import socket
 import sys
-import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-from flwr.app import ConfigRecord, ConfigRecordValues, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
-from fedkey.device_sim.batched_training import train_phones
 from fedkey.device_sim.config import PopulationConfig
-from fedkey.device_sim.federated_data import FederatedData
-from fedkey.device_sim.population import Population
-from fedkey.models.cifg_lstm import ModelConfig
-from fedkey.models.onnx_local_update import Batches, OnnxLocalUpdate
-from fedkey.models.onnx_train import export_train_graphs
-from fedkey.models.sequences import SequenceBatch, encode_sequences
-from fedkey.protocol.pipeline import UpdatePipeline
+from fedkey.models.model_config import ModelConfig
 from fedkey.protocol.pipeline_config import PipelineConfig
+
+if TYPE_CHECKING:
+    from fedkey.device_sim.host_runtime import PhoneHost
+
+#: Record names of the messages (the server's ``fedkey.server.strategy`` uses the same names).
+ARRAYS_KEY, WEIGHTS_KEY, CONFIG_KEY, METRICS_KEY, UPDATES_KEY = "arrays", "weights", "config", "metrics", "updates"
+#: The ``query`` action that returns the run's initial weights.
+INITIAL_WEIGHTS = "initial_weights"
 
 Engine = Literal["torch", "onnx"]
 MessageSelection = Literal["sample", "first"]
@@ -169,6 +181,40 @@ class HostTask:
         )
 
 
+@dataclass(frozen=True)
+class EvalTask:
+    """An ``evaluate`` message's settings: which held-out text and how (``models.evaluate.evaluate_model``).
+
+    ``users`` > 0 evaluates all messages of that many held-out users drawn with the run seed (the
+    periodic sample); 0 evaluates every held-out user's messages (the final evaluation).
+    """
+
+    users: int
+    max_positions: int
+    beam: int
+    max_word_pieces: int
+
+    def to_config(self) -> dict[str, ConfigRecordValues]:
+        return {
+            "eval-users": self.users,
+            "eval-max-positions": self.max_positions,
+            "eval-beam": self.beam,
+            "eval-max-word-pieces": self.max_word_pieces,
+        }
+
+    @classmethod
+    def from_config(cls, record: Mapping[str, ConfigRecordValues]) -> EvalTask:
+        try:
+            return cls(
+                users=int(record["eval-users"]),  # type: ignore[arg-type]
+                max_positions=int(record["eval-max-positions"]),  # type: ignore[arg-type]
+                beam=int(record["eval-beam"]),  # type: ignore[arg-type]
+                max_word_pieces=int(record["eval-max-word-pieces"]),  # type: ignore[arg-type]
+            )
+        except KeyError as err:
+            raise PhoneHostError(f"evaluate message lacks the key {err.args[0]!r}") from None
+
+
 #: Key of the reply's record that says where the host ran.
 HOST_KEY = "host"
 
@@ -181,11 +227,6 @@ def host_identity() -> dict[str, ConfigRecordValues]:
     ray = sys.modules.get("ray")  # only inside Flower's Ray backend, never imported here
     node_id = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
     return {"hostname": socket.gethostname(), "pid": os.getpid(), "ray-node-id": node_id}
-
-
-#: Phones trained and encoded together in a host (bounds the deltas held at once: 16 x 6 MB for the
-#: default model; the trainer gains nothing from more, it trains one phone at a time by default).
-PHONES_PER_CHUNK = 16
 
 
 @dataclass
@@ -204,8 +245,8 @@ class HostResult:
         """The reply's records."""
         return RecordDict(
             {
-                "updates": ConfigRecord({"phone-ids": self.phone_ids, "payloads": self.payloads}),
-                "metrics": MetricRecord(
+                UPDATES_KEY: ConfigRecord({"phone-ids": self.phone_ids, "payloads": self.payloads}),
+                METRICS_KEY: MetricRecord(
                     {
                         "examples": self.examples,
                         "tokens": self.tokens,
@@ -219,190 +260,16 @@ class HostResult:
         )
 
 
-@functools.lru_cache(maxsize=4)
-def _load_data(data_dir: str) -> FederatedData:
-    return FederatedData.load(data_dir)
+def _weights(msg: Message) -> np.ndarray:
+    return msg.content.array_records[ARRAYS_KEY][WEIGHTS_KEY].numpy().astype(np.float32, copy=False)
 
 
-class PhoneHost:
-    """The per-process state of a phone host: data, population, pipeline and per-user sequences."""
+def _host(msg: Message, context: Context) -> PhoneHost:
+    from fedkey.device_sim.host_runtime import host_for
 
-    def __init__(self, task: HostTask, cache_dir: str | None = None) -> None:
-        self.task = task
-        self.data = _load_data(task.data_dir)
-        self.users = self.data.train_users
-        self.population = Population.from_config(task.population, len(self.users), task.run_seed)
-        self.model = task.model.resolved()
-        if self.model.vocab_size != self.data.tokenizer.vocab_size:
-            raise PhoneHostError(
-                f"the model has {self.model.vocab_size} tokens, the data's tokenizer "
-                f"{self.data.tokenizer.vocab_size}: data-dir {task.data_dir} is not the run's data"
-            )
-        self.pipeline = UpdatePipeline(task.pipeline, self.model.num_parameters())
-        self.cache_dir = cache_dir
-        self._encoded: dict[int, list[list[int]]] = {}
-        self._onnx: OnnxLocalUpdate | None = None
-
-    def encoded(self, user: int) -> list[list[int]]:
-        """A real user's messages as piece ids, cached."""
-        if user not in self._encoded:
-            self._encoded[user] = self.data.tokenizer.encode_batch(list(self.users[user].messages))
-        return self._encoded[user]
-
-    def sequences(self, user: int, rng: np.random.Generator) -> SequenceBatch:
-        """The training windows of a phone of ``user`` this round: all its messages when it has at most
-        ``max_messages``, else that many, sampled with ``rng`` or the first ones (``message_selection``)."""
-        encoded = self.encoded(user)
-        limit = self.task.max_messages
-        if limit and len(encoded) > limit:
-            if self.task.message_selection == "first":
-                encoded = encoded[:limit]
-            else:
-                encoded = [encoded[i] for i in np.sort(rng.choice(len(encoded), limit, replace=False))]
-        return encode_sequences(encoded, self.task.seq_len)
-
-    def phone_batches(self, user: int, seed: int) -> tuple[Batches, int, int, int]:
-        """(batches, steps, examples, tokens) of one phone this round.
-
-        The phone's seed picks its messages (:meth:`sequences`) and shuffles their rows; rows of
-        similar length share a batch (ties in random order) and the batch order is shuffled, so the
-        torch engine can cut padding off each step.
-        """
-        rng = np.random.default_rng(seed)
-        seqs = self.sequences(user, rng)
-        order = rng.permutation(len(seqs))
-        order = order[np.argsort(seqs.lengths[order], kind="stable")]
-        rows = seqs.take(order)
-        b = Batches.from_rows(rows.inputs, rows.targets, rows.mask, self.task.batch_size)
-        shuffle = rng.permutation(b.tokens.shape[0])
-        batches = Batches(b.tokens[shuffle], b.targets[shuffle], b.mask[shuffle])
-        n_batches = batches.tokens.shape[0]
-        steps = self.task.local_steps or max(1, math.ceil(self.task.local_epochs * n_batches))
-        return batches, steps, len(seqs), int(seqs.lengths.sum())
-
-    def onnx_updater(self, threads: int) -> OnnxLocalUpdate:
-        """``local_update.onnx`` for this model shape and sequence length (exported once, cached on disk)."""
-        if self._onnx is None:
-            path = onnx_graph(self.model, self.task.seq_len, self.cache_dir)
-            self._onnx = OnnxLocalUpdate(path, intra_op_threads=threads)
-        return self._onnx
-
-    def run(
-        self,
-        weights: np.ndarray,
-        phone_ids: list[int],
-        phone_seeds: list[int],
-        round_idx: int,
-        model_version: int,
-        threads: int,
-    ) -> HostResult:
-        """Train and encode every listed phone (phones without any text are left out of the reply).
-
-        Phones go through training and encoding ``PHONES_PER_CHUNK`` at a time, ordered by their number
-        of steps (similar phones vectorise well), so the host holds at most that many deltas at once.
-        """
-        if len(phone_ids) != len(phone_seeds):
-            raise PhoneHostError("phone-ids and phone-seeds differ in length")
-        torch.set_num_threads(threads)
-        users = self.population.user_of(np.asarray(phone_ids, np.int64)) if phone_ids else np.zeros(0, np.int64)
-        work = [
-            (phone, *self.phone_batches(user, seed), seed)
-            for phone, user, seed in zip(phone_ids, users.tolist(), phone_seeds, strict=True)
-            if self.encoded(user)
-        ]
-        work.sort(key=lambda w: -w[2])
-        out = HostResult([], [], [], [], [], 0.0, 0.0)
-        for start in range(0, len(work), PHONES_PER_CHUNK):
-            chunk = work[start : start + PHONES_PER_CHUNK]
-            t0 = time.perf_counter()
-            deltas, losses = self.train(
-                weights, [w[1] for w in chunk], [w[2] for w in chunk], [w[5] for w in chunk], threads
-            )
-            t1 = time.perf_counter()
-            ids = [w[0] for w in chunk]
-            encoded = self.pipeline.encode(deltas, ids, round_idx, model_version, seed=self.task.run_seed)
-            out.phone_ids.extend(ids)
-            out.payloads.extend(encoded.messages)
-            out.examples.extend(w[3] for w in chunk)
-            out.tokens.extend(w[4] for w in chunk)
-            out.losses.extend(losses)
-            out.train_s += t1 - t0
-            out.encode_s += time.perf_counter() - t1
-        return out
-
-    def train(
-        self, weights: np.ndarray, batches: list[Batches], steps: list[int], seeds: list[int], threads: int
-    ) -> tuple[np.ndarray, list[float]]:
-        """(deltas [P, D], mean step losses) of phones with these batches, step counts and round seeds."""
-        task = self.task
-        if task.engine == "torch":
-            result = train_phones(
-                self.model,
-                weights,
-                batches,
-                steps,
-                lr=task.lr,
-                grad_clip=task.grad_clip,
-                delta_clip=task.delta_clip,
-                group=task.phone_group or None,
-                dropout=task.dropout,
-                seeds=seeds,
-            )
-            return result.deltas, [float(x) for x in result.losses]
-        updater = self.onnx_updater(threads)
-        deltas = np.empty((len(batches), self.model.num_parameters()), np.float32)
-        losses = []
-        for i, (b, k) in enumerate(zip(batches, steps, strict=True)):
-            update = updater(weights, b, steps=k, lr=task.lr, grad_clip=task.grad_clip, delta_clip=task.delta_clip)
-            deltas[i] = update.delta
-            losses.append(float(np.mean(update.losses)))
-        return deltas, losses
-
-
-def onnx_graph(model: ModelConfig, seq_len: int, cache_dir: str | None = None) -> Path:
-    """Path of ``local_update.onnx`` for a model shape and sequence length, exporting it on first use.
-
-    The export goes to a private temporary folder that is renamed into place, so concurrent hosts
-    sharing a cache folder never read a half-written graph.
-    """
-    model = model.resolved()
-    key = hashlib.sha256(f"{model.model_dump_json()}|{seq_len}".encode()).hexdigest()[:16]
-    root = Path(cache_dir or tempfile.gettempdir()) / "fedkey-onnx"
-    final = root / key
-    path = final / "local_update.onnx"
-    if path.is_file():
-        return path
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
-    try:
-        export_train_graphs(model, seq_len, tmp / "train_step.onnx", tmp / "local_update.onnx")
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another host finished first
-            if not path.is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return path
-
-
-_HOSTS: dict[tuple[str, ...], PhoneHost] = {}
-
-
-def host_for(task: HostTask, cache_dir: str | None = None) -> PhoneHost:
-    """The process's cached host for this task (built on first use, reused every later round).
-
-    The cached state depends only on :meth:`HostTask.host_key`; the rest of the task is the round's
-    (the server may change it between rounds, e.g. the learning rate of a schedule).
-    """
-    key = task.host_key()
-    if key not in _HOSTS:
-        _HOSTS.clear()  # a new run in the same process: drop the previous run's caches
-        _HOSTS[key] = PhoneHost(task, cache_dir)
-    host = _HOSTS[key]
-    host.task = task
-    return host
+    task = HostTask.from_config(msg.content.config_records[CONFIG_KEY], context.node_config)
+    cache_dir = context.node_config.get("cache-dir")
+    return host_for(task, str(cache_dir) if cache_dir else None)
 
 
 app = ClientApp()
@@ -411,17 +278,32 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run every phone listed in the message and return each phone's encoded update."""
-    config = msg.content.config_records["config"]
-    task = HostTask.from_config(config, context.node_config)
-    cache_dir = context.node_config.get("cache-dir")
-    host = host_for(task, str(cache_dir) if cache_dir else None)
-    weights = msg.content.array_records["arrays"]["weights"].numpy().astype(np.float32, copy=False)
+    config = msg.content.config_records[CONFIG_KEY]
+    host = _host(msg, context)
     result = host.run(
-        weights,
+        _weights(msg),
         [int(i) for i in config["phone-ids"]],  # type: ignore[union-attr]
         [int(s) for s in config["phone-seeds"]],  # type: ignore[union-attr]
         int(config["round"]),  # type: ignore[arg-type]
         int(config["model-version"]),  # type: ignore[arg-type]
-        task.threads,
+        host.task.threads,
     )
     return Message(content=result.to_content(), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the message's weights on held-out users (:class:`EvalTask`); reply with the metrics."""
+    spec = EvalTask.from_config(msg.content.config_records[CONFIG_KEY])
+    metrics = _host(msg, context).evaluate(_weights(msg), spec)
+    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query(INITIAL_WEIGHTS)
+def send_initial_weights(msg: Message, context: Context) -> Message:
+    """The run's initial global weights: the model's seeded initialisation (``run-seed``), flattened."""
+    from fedkey.models.cifg_lstm import initial_weights
+
+    task = HostTask.from_config(msg.content.config_records[CONFIG_KEY], context.node_config)
+    weights = initial_weights(task.model, task.run_seed)
+    return Message(content=RecordDict({ARRAYS_KEY: ArrayRecord({WEIGHTS_KEY: Array(weights)})}), reply_to=msg)

@@ -10,7 +10,6 @@ import typer
 
 from fedkey.cli_common import SetOption, console, effective_config, user_errors
 from fedkey.cli_simulate import simulate_command
-from fedkey.report import REFERENCE
 
 #: The demo preset on top of the embedded defaults (chitchat, compression on, local and central DP
 #: off): the small model; 200 reports a round (260 phones selected); each phone makes 2 passes over its
@@ -46,6 +45,7 @@ def demo_command(
     first use; the small CIFG-LSTM; a cohort of 200 reporting phones a round; the default compression (top-10% +
     4-bit); no DP. Prints the final held-out recall and writes OUT/report.html, with the Kneser-Ney
     trigram's held-out recall as reference line."""
+    from fedkey.report import REFERENCE  # matplotlib: not loaded into the run's server process before the end
     from fedkey.simulate import ensure_data
 
     settings = [*DEMO_SETTINGS, *(set_ or [])]

@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from fedkey.models.bundle import export_bundle
-from fedkey.models.checkpoint import Checkpoint, CheckpointError
 from fedkey.models.manifest import BundleError, read_lexicon
 
 
@@ -36,7 +34,10 @@ def export_command(
 ) -> None:
     """Export CHECKPOINT as an on-device bundle: predict(.int8).onnx, train_step.onnx, local_update.onnx,
     weights.bin, tokenizer.model, lexicon.txt and manifest.json."""
-    import torch
+    import torch  # here, not at the top: `fedkey simulate` loads this module and must stay torch-free
+
+    from fedkey.models.bundle import export_bundle
+    from fedkey.models.checkpoint import Checkpoint, CheckpointError
 
     torch.set_num_threads(threads)
     try:

@@ -20,10 +20,10 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from fedkey.privacy.accountant import noise_multiplier_for
+# dp-accounting and scipy (~45 MB, 1 s) are imported inside the command: `fedkey simulate` loads this
+# module with the CLI and its process is the federated server's, which needs them only with DP
 from fedkey.privacy.config import CentralDpConfig, LocalAccountingConfig
 from fedkey.privacy.errors import PrivacyError
-from fedkey.privacy.report import build_report, render_markdown
 from fedkey.protocol.pipeline_config import PipelineConfig
 
 privacy_app = typer.Typer(
@@ -35,7 +35,7 @@ REPORT_NAME = "privacy_report"
 
 
 def _default_dim() -> int:
-    from fedkey.models.cifg_lstm import ModelConfig
+    from fedkey.models.model_config import ModelConfig
 
     return ModelConfig(preset="default").num_parameters()
 
@@ -56,6 +56,8 @@ def _central(section: dict[str, Any], overrides: dict[str, Any]) -> CentralDpCon
     if not merged:
         return None
     if "noise_multiplier" not in merged and "target_epsilon" in merged:
+        from fedkey.privacy.accountant import noise_multiplier_for
+
         probe = CentralDpConfig(**{**merged, "noise_multiplier": 1.0})
         merged["noise_multiplier"] = noise_multiplier_for(
             probe.target_epsilon or 0.0,
@@ -160,6 +162,8 @@ def account(
         model_dim = dim or _default_dim()
         mech = pipeline.local_mechanism(model_dim) if pipeline else None
         clip = pipeline.clip() if pipeline else None
+        from fedkey.privacy.report import build_report, render_markdown
+
         report = build_report(
             central,
             mech,

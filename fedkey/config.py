@@ -15,7 +15,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedkey.device_sim.config import PopulationConfig
-from fedkey.models.cifg_lstm import ModelConfig
+from fedkey.models.model_config import ModelConfig
 from fedkey.privacy.config import CentralDpConfig
 from fedkey.protocol.pipeline_config import PipelineConfig
 from fedkey.server.sampling import over_selected

@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.app import ConfigRecordValues
 
 from fedkey.config import ConfigError, FedkeyConfig, load_run_config
 from fedkey.data import prepare_from_config
-from fedkey.device_sim.federated_data import FederatedData, sample_messages
-from fedkey.device_sim.phone_host import HostTask
+from fedkey.device_sim.federated_data import FederatedData
+from fedkey.device_sim.phone_host import EvalTask, HostTask
 from fedkey.device_sim.population import Population
 from fedkey.device_sim.round_time import RoundOutcome
-from fedkey.models.cifg_lstm import CifgLstm, ModelConfig
-from fedkey.models.manifest import flatten_params, param_layout
+from fedkey.models.model_config import ModelConfig
 from fedkey.models.sequences import message_sequences
 from fedkey.privacy.config import LocalAccountingConfig
 from fedkey.privacy.errors import PrivacyConfigError
@@ -115,26 +115,8 @@ class SimulationSetup:
     fleet: PopulationFleet
     task: HostTask
     strategy_settings: FleetStrategySettings
-    initial_weights: np.ndarray
-    eval_messages: list[str]
-    final_messages: list[str]
-
-    def model(self, weights: np.ndarray) -> CifgLstm:
-        """A CifgLstm holding these flat weights."""
-        return model_from_weights(self.model_config, weights)
-
-
-def model_from_weights(config: ModelConfig, weights: np.ndarray) -> CifgLstm:
-    """Unflatten weights (``models.manifest`` layout) into a fresh model."""
-    import torch
-
-    from fedkey.models.manifest import unflatten_weights
-
-    model = CifgLstm(config)
-    with torch.no_grad():
-        for name, value in unflatten_weights(np.asarray(weights, np.float32), param_layout(model.config)).items():
-            model.params[name].copy_(torch.from_numpy(np.array(value)))
-    return model
+    periodic_eval: dict[str, ConfigRecordValues]  # EvalTask of the evaluation every eval_every rounds
+    final_eval: dict[str, ConfigRecordValues]  # EvalTask of the final evaluation (all held-out users)
 
 
 def user_flops(data: FederatedData, model: ModelConfig, config: FedkeyConfig) -> np.ndarray:
@@ -285,7 +267,7 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         threads=sim.threads,
         phone_group=sim.phone_group,
     )
-    weights = flatten_params(CifgLstm(model_config, seed=sim.seed).param_dict(), param_layout(model_config))
+    ev = config.eval
     return SimulationSetup(
         config=config,
         data=data,
@@ -293,9 +275,8 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         fleet=fleet,
         task=task,
         strategy_settings=settings,
-        initial_weights=weights,
-        eval_messages=sample_messages(data.test_users, sim.eval_users, sim.seed),
-        final_messages=[m for u in data.test_users for m in u.messages],
+        periodic_eval=EvalTask(sim.eval_users, sim.eval_positions, ev.beam, ev.max_word_pieces).to_config(),
+        final_eval=EvalTask(0, ev.max_positions, ev.beam, ev.max_word_pieces).to_config(),
     )
 
 

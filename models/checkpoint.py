@@ -1,33 +1,30 @@
 """Model checkpoints: one file holding everything needed to rebuild and run a model.
 
-A checkpoint is a ``torch.save`` dict with:
-    format          "fedkey-checkpoint/1"
-    model_config    ModelConfig as a dict (resolved: embed_dim and hidden_dim filled)
-    params          {name: fp32 tensor} in PARAM_NAMES order
-    tokenizer       the serialized SentencePiece model (bytes)
-    seq_len         training sequence length (pieces)
-    model_version   integer, increases with every published model
-    meta            free-form dict (step, round, metrics ...)
+:class:`Checkpoint` is the torch side: a ``CifgLstm``, its ``Tokenizer``, the training sequence length,
+the model version and a free-form meta dict. The file itself is written and read by
+:class:`fedkey.models.checkpoint_file.CheckpointFile` (no torch), whose docstring describes the format:
+``"fedkey-checkpoint/2"``, an ``.npz`` zip of float32 parameters, the serialized SentencePiece model,
+the arrays found in meta and a JSON header (model config, seq_len, model_version, meta). Files of the
+older torch format ``"fedkey-checkpoint/1"`` still load.
+
+Tensors put in meta are saved as numpy arrays, so a loaded checkpoint's meta holds numpy arrays where
+the saved one held tensors; meta keys must be str (JSON), and tuples are refused rather than turned into
+lists.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedkey.models.cifg_lstm import PARAM_NAMES, CifgLstm, ModelConfig
+from fedkey.models.checkpoint_file import CheckpointError, CheckpointFile, tensors_to_numpy
+from fedkey.models.cifg_lstm import PARAM_NAMES, CifgLstm
 from fedkey.models.tokenizer import Tokenizer
 
-FORMAT = "fedkey-checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not a fedkey checkpoint."""
+__all__ = ["Checkpoint", "CheckpointError"]
 
 
 @dataclass
@@ -38,52 +35,34 @@ class Checkpoint:
     model_version: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def to_file(self) -> CheckpointFile:
+        """A numpy snapshot (CheckpointFile copies the parameters; the tensors in meta become array copies)."""
+        return CheckpointFile(
+            self.model.config,
+            {name: t.detach().cpu().numpy() for name, t in self.model.named_tensors()},
+            self.tokenizer.serialized(),
+            self.seq_len,
+            self.model_version,
+            tensors_to_numpy(self.meta),
+        )
+
+    @classmethod
+    def from_file(cls, file: CheckpointFile) -> Checkpoint:
+        """Rebuild the model with the file's parameters and load its tokenizer."""
+        model = CifgLstm(file.model_config)
+        with torch.no_grad():
+            for name in PARAM_NAMES:
+                model.params[name].copy_(torch.from_numpy(file.params[name]))
+        return cls(model, Tokenizer(file.tokenizer), file.seq_len, file.model_version, dict(file.meta))
+
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file + rename) so a crash never leaves a half-written checkpoint."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": FORMAT,
-            "model_config": self.model.config.model_dump(),
-            "params": {n: t.detach().cpu().clone() for n, t in self.model.named_tensors()},
-            "tokenizer": self.tokenizer.serialized(),
-            "seq_len": self.seq_len,
-            "model_version": self.model_version,
-            "meta": self.meta,
-        }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        self.to_file().save(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist")
+        file = CheckpointFile.load(path)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a damaged file
-            raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a fedkey checkpoint (expected format {FORMAT!r})")
-        config = ModelConfig(**payload["model_config"])
-        model = CifgLstm(config)
-        shapes = config.param_shapes()
-        with torch.no_grad():
-            for name in PARAM_NAMES:
-                tensor = payload["params"].get(name)
-                if tensor is None or tuple(tensor.shape) != shapes[name]:
-                    raise CheckpointError(f"checkpoint {path}: parameter {name!r} missing or of wrong shape")
-                model.params[name].copy_(tensor)
-        return cls(
-            model,
-            Tokenizer(payload["tokenizer"]),
-            int(payload["seq_len"]),
-            int(payload["model_version"]),
-            dict(payload.get("meta", {})),
-        )
+            return cls.from_file(file)
+        except (RuntimeError, ValueError) as exc:  # what sentencepiece and Tokenizer raise for a bad tokenizer
+            raise CheckpointError(f"checkpoint {path}: the tokenizer cannot be loaded: {exc}") from exc

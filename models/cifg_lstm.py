@@ -20,57 +20,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-PARAM_NAMES = ("embedding", "w_x", "w_h", "b", "w_proj", "out_bias")
+from fedkey.models.manifest import flatten_params, param_layout, unflatten_weights
+from fedkey.models.model_config import PARAM_NAMES, ModelConfig
 
-PRESETS: dict[str, dict[str, int]] = {
-    # Gboard's size: 670 units, 96-d tied embedding/projection.
-    "default": {"embed_dim": 96, "hidden_dim": 670},
-    # For fast runs, tests and the demo.
-    "small": {"embed_dim": 64, "hidden_dim": 256},
-}
-
-
-class ModelConfig(BaseModel):
-    """Shape of the network. `preset` fills embed_dim/hidden_dim unless they are given explicitly."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    preset: str = Field("default", description="size preset: " + ", ".join(PRESETS))
-    vocab_size: int = Field(8192, ge=16, description="tokenizer vocabulary size (set from the tokenizer)")
-    embed_dim: int | None = Field(None, ge=4, description="embedding = projection size (tied softmax)")
-    hidden_dim: int | None = Field(None, ge=4, description="LSTM cell units")
-
-    def resolved(self) -> ModelConfig:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown model preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        base = PRESETS[self.preset]
-        return self.model_copy(
-            update={
-                "embed_dim": self.embed_dim or base["embed_dim"],
-                "hidden_dim": self.hidden_dim or base["hidden_dim"],
-            }
-        )
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        c = self.resolved()
-        v, e, h = c.vocab_size, c.embed_dim, c.hidden_dim
-        assert e is not None and h is not None
-        return {
-            "embedding": (v, e),
-            "w_x": (e, 3 * h),
-            "w_h": (e, 3 * h),
-            "b": (3 * h,),
-            "w_proj": (h, e),
-            "out_bias": (v,),
-        }
-
-    def num_parameters(self) -> int:
-        return sum(math.prod(s) for s in self.param_shapes().values())
-
+__all__ = [
+    "PARAM_NAMES",
+    "CifgLstm",
+    "ModelConfig",
+    "initial_weights",
+    "model_from_weights",
+]  # the shape lives in model_config; re-exported
 
 State = tuple[Tensor, Tensor]  # (h: projected output [B, E], c: cell [B, H])
 
@@ -191,3 +154,17 @@ class CifgLstm(nn.Module):
             out = torch.nn.functional.dropout(out, dropout)
         # chunking keeps the logits in a CPU core's cache; a GPU wants one large kernel instead
         return masked_nll(params, out, targets, mask, chunk=None if out.is_cuda else 256), mask.sum()
+
+
+def initial_weights(config: ModelConfig, seed: int) -> np.ndarray:
+    """The seeded initialisation of a model, flattened in the ``models.manifest`` layout."""
+    return flatten_params(CifgLstm(config, seed=seed).param_dict(), param_layout(config.resolved()))
+
+
+def model_from_weights(config: ModelConfig, weights: np.ndarray) -> CifgLstm:
+    """A model holding these flat weights (``models.manifest`` layout)."""
+    model = CifgLstm(config)
+    with torch.no_grad():
+        for name, value in unflatten_weights(np.asarray(weights, np.float32), param_layout(model.config)).items():
+            model.params[name].copy_(torch.from_numpy(np.array(value)))
+    return model

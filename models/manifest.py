@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedkey.models.cifg_lstm import PARAM_NAMES, ModelConfig
+from fedkey.models.model_config import PARAM_NAMES, ModelConfig
 from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, is_word, normalize
 
 FORMAT = "fedkey-bundle"

@@ -22,8 +22,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from fedkey.models.cifg_lstm import ModelConfig
 from fedkey.models.manifest import Bundle
+from fedkey.models.model_config import ModelConfig
 from fedkey.models.onnx_predict import make_session
 from fedkey.models.onnx_train import clip_scale, sgd_step
 from fedkey.models.tokenizer import PAD_ID

@@ -22,6 +22,10 @@ from fedkey.models.cifg_lstm import CifgLstm, cell_step, output_logits
 from fedkey.models.metrics import word_positions
 from fedkey.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
+#: Word positions searched together: each holds ``beam`` hypotheses x vocabulary log-probabilities
+#: (256 x 6 x 8192 floats = 50 MB per tensor for the default model, a few such live at once).
+BEAM_CHUNK = 256
+
 
 def _encode_messages(tokenizer: Tokenizer, messages: Sequence[list[str]]) -> list[list[int]]:
     return tokenizer.encode_batch([" ".join(m) for m in messages])
@@ -130,8 +134,8 @@ class LstmSuggester:
     def suggest(self, messages: Sequence[list[str]], k: int) -> list[list[list[str]]]:
         h, c, counts = self._states_at(messages)
         flat: list[list[str]] = []
-        for start in range(0, h.shape[0], 1024):
-            flat.extend(self._beam_words(h[start : start + 1024], c[start : start + 1024], k))
+        for start in range(0, h.shape[0], BEAM_CHUNK):
+            flat.extend(self._beam_words(h[start : start + BEAM_CHUNK], c[start : start + BEAM_CHUNK], k))
         out, cursor = [], 0
         for count in counts:
             out.append(flat[cursor : cursor + count])

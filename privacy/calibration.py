@@ -21,9 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import optimize
-from scipy.special import log_ndtr
-
 from fedkey.privacy.errors import PrivacyConfigError
 
 
@@ -34,6 +31,8 @@ def gaussian_delta(sigma: float, epsilon: float, sensitivity: float = 1.0) -> fl
     a = sensitivity / (2.0 * sigma)
     b = epsilon * sigma / sensitivity
     # Φ(a − b) − e^ε Φ(−a − b), evaluated in log space so tiny δ (1e-10 and below) keeps its digits.
+    from scipy.special import log_ndtr  # scipy (~40 MB) only where noise is calibrated
+
     log_first = float(log_ndtr(a - b))
     log_second = epsilon + float(log_ndtr(-a - b))
     if log_second >= log_first:
@@ -51,6 +50,8 @@ def gaussian_epsilon(sigma: float, delta: float, sensitivity: float = 1.0) -> fl
         hi *= 2.0
         if hi > 1e6:
             raise PrivacyConfigError(f"sigma={sigma} gives no useful epsilon at delta={delta}")
+    from scipy import optimize
+
     return float(optimize.brentq(lambda e: gaussian_delta(sigma, e, sensitivity) - delta, 0.0, hi, xtol=1e-12))
 
 
@@ -68,6 +69,8 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
     lo, hi = math.log(sensitivity) - 10.0, math.log(sensitivity) + 10.0
     while gap(hi) > 0:
         hi += 10.0
+    from scipy import optimize
+
     log_sigma = optimize.brentq(gap, lo, hi, xtol=1e-14, rtol=1e-14)
     sigma = math.exp(log_sigma)
     # Brent stops within tolerance on either side; step up until the guarantee holds exactly.

@@ -22,11 +22,12 @@ privacy report should answer. In TOML:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedkey.privacy.accountant import RoundSpec
+if TYPE_CHECKING:  # the accountant loads dp-accounting and scipy (~45 MB): only where DP is on
+    from fedkey.privacy.accountant import RoundSpec
 
 
 class CentralDpConfig(BaseModel):
@@ -63,6 +64,8 @@ class CentralDpConfig(BaseModel):
 
     def round_spec(self, noise_multiplier: float | None = None) -> RoundSpec:
         """The per-round accounting spec (optionally with another noise multiplier)."""
+        from fedkey.privacy.accountant import RoundSpec
+
         return RoundSpec(
             self.noise_multiplier if noise_multiplier is None else noise_multiplier,
             self.sampling,

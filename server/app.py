@@ -10,14 +10,17 @@ imports ``device_sim``).
 
 Each round runs :class:`~fedkey.server.strategy.FleetStrategy`'s ``configure_train`` ->
 ``grid.send_and_receive`` (one message per phone host) -> ``aggregate_train``; every ``eval_every``
-rounds the server evaluates the global model on a seeded sample of held-out users
-(``models.evaluate.evaluate_model``). Outputs in the run folder:
+rounds one phone host evaluates the global model on a seeded sample of held-out users
+(``configure_evaluate`` / ``aggregate_evaluate``). The server process holds the weights as numpy and
+never imports torch (250 MB per process): a phone host gives the initial weights and evaluates,
+checkpoints are written torch-free (``models.checkpoint_file``), and the final bundle is exported by
+a ``fedkey export`` child process. Outputs in the run folder:
 
     config.toml        effective configuration
     metrics.jsonl      one line per round: round, sim_time_s, wall_time_s (both cumulative since the
                        run began), selected, reported, dropped, stragglers, rejected, bytes_up,
                        bytes_down, loss, recall@1, recall@3 (null without evaluation), epsilon, delta
-    checkpoint.pt      models.checkpoint format; meta holds the round, the clock and the strategy state
+    checkpoint.pt      models.checkpoint_file format; meta holds the round, the clock and the strategy state
                        (server optimizer, DP accountant and ledger, participation), written atomically
     participation.json phone ids and how many accepted updates each sent (for the histogram)
     final.json         full held-out evaluation of the final model, rounds run, why the run stopped,
@@ -34,25 +37,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, ConfigRecordValues, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedkey.config import to_toml
-from fedkey.models.bundle import export_bundle
-from fedkey.models.checkpoint import Checkpoint
-from fedkey.models.evaluate import evaluate_model
-from fedkey.models.manifest import flatten_params, param_layout
-from fedkey.report import write_report
-from fedkey.server.strategy import FleetStrategy, RoundRecord
+from fedkey.models.checkpoint_file import CheckpointFile
+from fedkey.models.manifest import flatten_params, param_layout, unflatten_weights
+from fedkey.server.strategy import FleetStrategy, RoundRecord, query_initial_weights
 from fedkey.simulate import RunSettings, SimulationSetup, build_setup, config_from_run_config
 
 # under the "flwr" logger: its handlers and level apply (per-round lines under `flwr run`, quiet under
@@ -84,21 +85,6 @@ HOST_KEY = "host"
 
 class ServerRunError(RuntimeError):
     """The run cannot go on (no phone host connected, a checkpoint from another configuration...)."""
-
-
-def _to_torch(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Checkpoint meta must load with ``weights_only=True``: numpy arrays become tensors."""
-    return {
-        k: _to_torch(v) if isinstance(v, Mapping) else torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v
-        for k, v in state.items()
-    }
-
-
-def _to_numpy(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: _to_numpy(v) if isinstance(v, Mapping) else v.numpy() if isinstance(v, torch.Tensor) else v
-        for k, v in state.items()
-    }
 
 
 @dataclass
@@ -141,16 +127,16 @@ class SimulationRun:
         self.setup = setup
         self.config = setup.config
         self.out = settings.out
-        self.strategy = FleetStrategy(
-            setup.strategy_settings, setup.fleet, setup.initial_weights, setup.task.to_config()
-        )
+        self.task_config = setup.task.to_config()
+        self.strategy: FleetStrategy | None = None  # built from the checkpoint, or on the grid by run()
         self.next_round = 1
         self.wall_offset_s = 0.0
         self.stopped = "rounds"
         self.hosts = HostPlaces()
 
     def prepare_outputs(self) -> None:
-        """Write config.toml; on resume restore the checkpoint and drop metric lines after it."""
+        """Write config.toml; on resume restore the checkpoint and drop metric lines after it (the
+        strategy is restored before anything is dropped: a checkpoint that does not fit changes nothing)."""
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.toml").write_text(to_toml(self.config))
         metrics = self.out / "metrics.jsonl"
@@ -158,12 +144,18 @@ class SimulationRun:
         if not (self.settings.resume and ckpt_path.is_file()):
             metrics.unlink(missing_ok=True)
             return
-        ckpt = Checkpoint.load(ckpt_path)
+        ckpt = CheckpointFile.load(ckpt_path)
         meta = ckpt.meta
         if meta.get("kind") != "simulate":
             raise ServerRunError(f"{ckpt_path} is not a `fedkey simulate` checkpoint")
-        weights = flatten_params(ckpt.model.param_dict(), param_layout(ckpt.model.config))
-        self.strategy.load_state_dict(weights, _to_numpy(meta["strategy"]))
+        if ckpt.model_config != self.setup.model_config:
+            raise ServerRunError(
+                f"{ckpt_path} holds a model of shape {ckpt.model_config.param_shapes()}, this run's model is "
+                f"{self.setup.model_config.param_shapes()}"
+            )
+        weights = flatten_params(ckpt.params, param_layout(ckpt.model_config))
+        self.strategy = self.new_strategy(weights)
+        self.strategy.load_state_dict(weights, meta["strategy"])
         done = int(meta["round"])
         self.next_round = done + 1
         self.wall_offset_s = float(meta["wall_time_s"])
@@ -172,17 +164,17 @@ class SimulationRun:
             metrics.write_text("".join(line + "\n" for line in kept))
         log.info("resuming after round %d", done)
 
-    def evaluate(self, messages: list[str], max_positions: int) -> dict[str, float]:
-        ev = self.config.eval
-        return evaluate_model(
-            self.setup.model(self.strategy.weights),
-            self.setup.data.tokenizer,
-            self.setup.data.lexicon,
-            messages,
-            max_positions=max_positions,
-            beam=ev.beam,
-            max_word_pieces=ev.max_word_pieces,
-        )
+    def new_strategy(self, weights: np.ndarray) -> FleetStrategy:
+        return FleetStrategy(self.setup.strategy_settings, self.setup.fleet, weights, self.task_config)
+
+    def evaluate(self, grid: Grid, rnd: int, eval_config: Mapping[str, ConfigRecordValues]) -> dict[str, float]:
+        """The global model's held-out metrics, computed by a phone host."""
+        assert self.strategy is not None
+        messages = self.strategy.configure_evaluate(rnd, self.strategy.arrays(), ConfigRecord(dict(eval_config)), grid)
+        replies = grid.send_and_receive(list(messages), timeout=self.config.simulate.host_timeout_s)
+        metrics = self.strategy.aggregate_evaluate(rnd, replies)
+        assert metrics is not None
+        return {k: float(v) for k, v in metrics.items()}  # type: ignore[arg-type]
 
     def metrics_line(self, record: RoundRecord, wall_s: float, recall: dict[str, float] | None) -> dict[str, Any]:
         line = {
@@ -206,22 +198,20 @@ class SimulationRun:
         return line
 
     def checkpoint(self, done: int, wall_s: float) -> None:
-        meta = {
-            "kind": "simulate",
-            "round": done,
-            "wall_time_s": wall_s,
-            "strategy": _to_torch(self.strategy.state_dict()),
-        }
-        Checkpoint(
-            self.setup.model(self.strategy.weights),
-            self.setup.data.tokenizer,
-            self.config.simulate.seq_len,
-            self.strategy.model_version,
-            meta,
+        assert self.strategy is not None
+        model = self.setup.model_config
+        CheckpointFile(
+            model_config=model,
+            params=unflatten_weights(self.strategy.weights, param_layout(model)),
+            tokenizer=self.setup.data.tokenizer.serialized(),
+            seq_len=self.config.simulate.seq_len,
+            model_version=self.strategy.model_version,
+            meta={"kind": "simulate", "round": done, "wall_time_s": wall_s, "strategy": self.strategy.state_dict()},
         ).save(self.out / CHECKPOINT)
         self.write_participation()
 
     def write_participation(self) -> None:
+        assert self.strategy is not None
         ids = sorted(self.strategy.participation)
         payload = {
             "phones": self.setup.fleet.size,
@@ -235,7 +225,8 @@ class SimulationRun:
     def run(self, grid: Grid) -> None:
         """All remaining rounds, then the final evaluation, checkpoint and bundle."""
         sim = self.config.simulate
-        torch.set_num_threads(sim.threads)
+        if self.strategy is None:
+            self.strategy = self.new_strategy(query_initial_weights(grid, self.task_config, sim.host_timeout_s))
         started = time.perf_counter()
         done = self.next_round - 1
         wall_s = self.wall_offset_s
@@ -254,7 +245,7 @@ class SimulationRun:
                 record = self.strategy.aggregate_round(rnd, replies)
                 recall = None
                 if rnd == sim.rounds or (sim.eval_every and rnd % sim.eval_every == 0):
-                    recall = self.evaluate(self.setup.eval_messages, sim.eval_positions)
+                    recall = self.evaluate(grid, rnd, self.setup.periodic_eval)
                 wall_s = self.wall_offset_s + time.perf_counter() - started
                 line = self.metrics_line(record, wall_s, recall)
                 with (self.out / "metrics.jsonl").open("a") as handle:
@@ -267,16 +258,17 @@ class SimulationRun:
                 if not self.settings.progress:
                     log.info("round %d/%d: %s", rnd, sim.rounds, summary)
         self.checkpoint(done, wall_s)
-        self.finish(done)
+        self.finish(grid, done)
 
-    def finish(self, done: int) -> None:
-        """Full held-out evaluation, final.json and the artifact bundle of the final model."""
+    def finish(self, grid: Grid, done: int) -> None:
+        """Full held-out evaluation, final.json, the artifact bundle of the final model and the report."""
+        assert self.strategy is not None
         final = {
             "rounds": done,
             "stopped_by": self.stopped,
             "model_version": self.strategy.model_version,
             "sim_time_s": self.strategy.elapsed_s,
-            "held_out_users": self.evaluate(self.setup.final_messages, self.config.eval.max_positions),
+            "held_out_users": self.evaluate(grid, done, self.setup.final_eval),
             "parameters": self.setup.model_config.num_parameters(),
             "phone_hosts": self.hosts.summary(),
         }
@@ -284,13 +276,22 @@ class SimulationRun:
         final |= {"epsilon": epsilon, "delta": delta}
         (self.out / "final.json").write_text(json.dumps(final, indent=2))
         if self.config.simulate.export_bundle:
-            export_bundle(
-                Checkpoint.load(self.out / CHECKPOINT),
-                self.out / "bundle",
-                overwrite=True,
-                lexicon=self.setup.data.lexicon,  # the words the recall metrics count, as on the phone
-            )
+            self.export_bundle()
+        from fedkey.report import write_report  # matplotlib: loaded only once the run is over
+
         write_report(self.out)
+
+    def export_bundle(self) -> None:
+        """``fedkey export`` of the final checkpoint in a child process (ONNX export needs torch), with the
+        data's lexicon: the words the recall metrics count, as on the phone."""
+        command = [
+            *(sys.executable, "-m", "fedkey", "export", "--force"),
+            *("--checkpoint", str(self.out / CHECKPOINT), "--out", str(self.out / "bundle")),
+            *("--lexicon", str(self.setup.data.root / "lexicon.txt"), "--threads", str(self.config.simulate.threads)),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ServerRunError(f"exporting the bundle failed: {done.stderr.strip()[-2000:]}")
 
 
 def _summary(line: Mapping[str, Any]) -> str:

@@ -30,6 +30,11 @@ depend on reply order):
 
 The server optimizer (FedAvg / FedAvgM / FedAdam / FedYogi) then moves the global weights, and the
 simulated clock advances by the round's duration. Everything is deterministic from the run seed.
+
+The server holds the weights as a numpy vector and no model code: ``configure_evaluate`` sends one
+``evaluate`` message to a phone host, which evaluates the weights on held-out users, and
+:func:`query_initial_weights` asks a host (``query.initial_weights``) for the model's seeded
+initialisation. The message formats are the phone host's (``fedkey.device_sim.phone_host``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from flwr.app import (
@@ -55,15 +60,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedkey.models.schedules import Schedule, lr_factor
-from fedkey.privacy.accountant import CentralDpAccountant
 from fedkey.privacy.config import CentralDpConfig
-from fedkey.privacy.ledger import DeviceLedger
 from fedkey.privacy.mechanisms import clip_rows
 from fedkey.protocol.errors import WireFormatError
 from fedkey.protocol.pipeline import DecodedUpdate, decode
 from fedkey.server.fleet import Fleet, IdArray
 from fedkey.server.optimizers import ServerOptimizer, ServerOptimizerSettings
 from fedkey.server.sampling import sample_poisson, sample_uniform
+
+if TYPE_CHECKING:  # dp-accounting and scipy (~45 MB) load only in runs with DP
+    from fedkey.privacy.accountant import CentralDpAccountant
+    from fedkey.privacy.ledger import DeviceLedger
 
 # under the "flwr" logger: its handlers and level apply (per-round lines under `flwr run`, quiet under
 # `fedkey simulate`, which shows a progress bar instead)
@@ -166,8 +173,16 @@ class FleetStrategy(Strategy):
         self.task_config = dict(task_config)
         self.optimizer = ServerOptimizer(settings.optimizer, self.dim)
         dp = settings.central_dp
-        self.accountant = CentralDpAccountant(dp.delta, dp.accountant, dp.target_epsilon) if dp is not None else None
-        self.ledger = DeviceLedger(settings.local_dp_delta) if settings.local_dp_delta is not None else None
+        self.accountant: CentralDpAccountant | None = None
+        self.ledger: DeviceLedger | None = None
+        if dp is not None:
+            from fedkey.privacy.accountant import CentralDpAccountant
+
+            self.accountant = CentralDpAccountant(dp.delta, dp.accountant, dp.target_epsilon)
+        if settings.local_dp_delta is not None:
+            from fedkey.privacy.ledger import DeviceLedger
+
+            self.ledger = DeviceLedger(settings.local_dp_delta)
         self.model_version = 0
         self.elapsed_s = 0.0
         self.participation: dict[int, int] = {}
@@ -285,12 +300,20 @@ class FleetStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """No federated evaluation: the server evaluates on held-out users itself."""
-        return []
+        """One ``evaluate`` message to one phone host (a different one each round): it evaluates
+        ``arrays`` on held-out users as ``config`` says (the phone host's ``EvalTask`` keys); the server
+        holds no model code."""
+        nodes = sorted(grid.get_node_ids())
+        if not nodes:
+            raise StrategyError("no phone host (Flower node) is connected to evaluate on")
+        content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord(dict(self.task_config) | dict(config))})
+        return [
+            Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=nodes[server_round % len(nodes)])
+        ]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """No federated evaluation (see :meth:`configure_evaluate`)."""
-        return None
+        """The evaluating host's metrics; raises when it failed (a run's figures must not go missing)."""
+        return _only_reply(replies, "held-out evaluation").content.metric_records[METRICS_KEY]
 
     # ---- the round's second half ---------------------------------------------------------------
 
@@ -463,13 +486,35 @@ class FleetStrategy(Strategy):
         if self.accountant is not None:
             if not state["accountant"]:
                 raise StrategyError("central DP is on but the checkpoint has no accountant state")
-            self.accountant = CentralDpAccountant.from_dict(json.loads(state["accountant"]))
+            self.accountant = type(self.accountant).from_dict(json.loads(state["accountant"]))
             self._epsilons = {}
         if self.ledger is not None and state["ledger"]:
-            self.ledger = DeviceLedger.from_json(state["ledger"])
+            self.ledger = type(self.ledger).from_json(state["ledger"])
         ids = np.asarray(state["participation_ids"]).tolist()
         counts = np.asarray(state["participation_counts"]).tolist()
         self.participation = dict(zip(ids, counts, strict=True))
+
+
+def query_initial_weights(grid: Grid, task_config: Mapping[str, ConfigRecordValues], timeout_s: float) -> np.ndarray:
+    """The run's initial weights, asked of one phone host (``query.initial_weights``: the model's seeded
+    initialisation lives with the model code, on the hosts)."""
+    nodes = sorted(grid.get_node_ids())
+    if not nodes:
+        raise StrategyError("no phone host (Flower node) is connected to ask for the initial weights")
+    content = RecordDict({CONFIG_KEY: ConfigRecord(dict(task_config))})
+    message = Message(content=content, message_type=f"{MessageType.QUERY}.initial_weights", dst_node_id=nodes[0])
+    reply = _only_reply(grid.send_and_receive([message], timeout=timeout_s), "the initial-weights query")
+    return reply.content.array_records[ARRAYS_KEY][WEIGHTS_KEY].numpy().astype(np.float32)
+
+
+def _only_reply(replies: Iterable[Message], what: str) -> Message:
+    replies = list(replies)
+    if len(replies) != 1:
+        raise StrategyError(f"{what}: expected one reply from a phone host, got {len(replies)}")
+    if replies[0].has_error():
+        error = replies[0].error
+        raise StrategyError(f"{what} failed on phone host {replies[0].metadata.src_node_id}: {error.reason}")
+    return replies[0]
 
 
 def _read_reply(content: RecordDict) -> tuple[list[int], list[bytes], list[int], list[float]]:

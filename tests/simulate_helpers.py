@@ -34,10 +34,11 @@ TINY = [
 FEDKEY = str(Path(sys.executable).with_name("fedkey"))
 
 
-def run_fedkey(*args: str, overrides: Iterable[str] = ()) -> subprocess.CompletedProcess[str]:
-    """`fedkey ARGS --set O ...` in a child process with one torch thread; a non-zero exit fails the test."""
+def run_fedkey(*args: str, overrides: Iterable[str] = (), python: bool = False) -> subprocess.CompletedProcess[str]:
+    """`fedkey ARGS --set O ...` (with ``python``: `python ARGS --set O ...`) in a child process with one
+    torch thread; a non-zero exit fails the test."""
     proc = subprocess.run(
-        [FEDKEY, *args, *(a for o in overrides for a in ("--set", o))],
+        [sys.executable if python else FEDKEY, *args, *(a for o in overrides for a in ("--set", o))],
         capture_output=True,
         text=True,
         timeout=600,
@@ -56,7 +57,7 @@ Tamper = Callable[[Message], Message]
 
 
 class LocalGrid:
-    """Delivers each message straight to the phone-host ClientApp function, in this process.
+    """Delivers each message straight to the phone-host ClientApp (routed by message type), in this process.
 
     The same message flow as Flower's simulation engine without Ray: fast enough for unit tests.
     ``tamper`` may rewrite a host's reply (to test rejection).
@@ -80,6 +81,6 @@ class LocalGrid:
         for i, msg in enumerate(messages):
             msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}-{i}"
             self.sent.append(msg)
-            reply = phone_host.train(msg, self.contexts[msg.metadata.dst_node_id])
+            reply = phone_host.app(msg, self.contexts[msg.metadata.dst_node_id])
             replies.append(self.tamper(reply) if self.tamper else reply)
         return replies

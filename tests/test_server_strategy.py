@@ -12,6 +12,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from simulate_helpers import LocalGrid, tiny_config
 
 from fedkey.device_sim.phone_host import HostTask
+from fedkey.models.cifg_lstm import initial_weights
 from fedkey.models.schedules import lr_factor
 from fedkey.server.strategy import FleetStrategy
 from fedkey.simulate import build_setup
@@ -21,7 +22,12 @@ torch.set_num_threads(1)
 
 def strategy_for(prepared, *overrides: str) -> FleetStrategy:
     setup = build_setup(tiny_config(*overrides), prepared.root)
-    return FleetStrategy(setup.strategy_settings, setup.fleet, setup.initial_weights, setup.task.to_config())
+    return FleetStrategy(
+        setup.strategy_settings,
+        setup.fleet,
+        initial_weights(setup.model_config, setup.config.simulate.seed),
+        setup.task.to_config(),
+    )
 
 
 def run_round(strategy: FleetStrategy, grid: LocalGrid, rnd: int):

@@ -19,22 +19,26 @@ def sets(*items: str) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
+# `fedkey ARGS`, then report whether this process (the ServerApp's, under `fedkey simulate`) loaded torch
+TORCH_FREE_CHECK = """
+import sys
+from fedkey.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as done:
+    assert not done.code, done.code
+print("server process imported torch:", "torch" in sys.modules)
+"""
+
+
 @pytest.mark.slow
 def test_cli_runs_rounds_through_flower_and_writes_every_output(prepared, tmp_path: Path):
     out = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith(("simulate.rounds", "simulate.export_bundle"))]
-    proc = run_fedkey(
-        "simulate",
-        "--data",
-        str(prepared.root),
-        "--out",
-        str(out),
-        "--rounds",
-        "2",
-        "--cohort",
-        "5",
-        overrides=[*overrides, "simulate.phone_hosts=2"],
-    )
+    args = ["simulate", "--data", str(prepared.root), "--out", str(out), "--rounds", "2", "--cohort", "5"]
+    proc = run_fedkey("-c", TORCH_FREE_CHECK, *args, overrides=[*overrides, "simulate.phone_hosts=2"], python=True)
+    # the server holds numpy weights only: hosts initialise and evaluate, `fedkey export` makes the bundle
+    assert "server process imported torch: False" in proc.stdout
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2]
     assert all(tuple(line) == METRIC_KEYS for line in lines)

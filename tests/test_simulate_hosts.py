@@ -10,8 +10,9 @@ import torch
 from simulate_helpers import tiny_config
 
 from fedkey.device_sim.batched_training import group_size, train_phones
-from fedkey.device_sim.phone_host import HostTask, PhoneHost, PhoneHostError
-from fedkey.models.cifg_lstm import CifgLstm, ModelConfig
+from fedkey.device_sim.host_runtime import PhoneHost
+from fedkey.device_sim.phone_host import HostTask, PhoneHostError
+from fedkey.models.cifg_lstm import CifgLstm, ModelConfig, initial_weights
 from fedkey.models.manifest import flatten_params, param_layout
 from fedkey.models.onnx_local_update import Batches, LocalUpdateError, local_update_torch
 from fedkey.protocol.pipeline import decode
@@ -65,12 +66,12 @@ def test_task_round_trip_and_node_overrides(prepared):
 def test_onnx_engine_agrees_with_torch_engine(prepared, tmp_path: Path):
     setup = build_setup(tiny_config("pipeline=[]"), prepared.root)
     ids, seeds = [0, 3, 7], [11, 12, 13]
-    deltas = {}
+    deltas, weights = {}, initial_weights(setup.model_config, 0)
     for engine in ("torch", "onnx"):
         task = HostTask.from_config(setup.task.to_config() | {"engine": engine})
-        result = PhoneHost(task, cache_dir=str(tmp_path)).run(setup.initial_weights, ids, seeds, 1, 0, 1)
+        result = PhoneHost(task, cache_dir=str(tmp_path)).run(weights, ids, seeds, 1, 0, 1)
         assert result.phone_ids == ids and min(result.examples) > 0
-        deltas[engine] = np.stack([decode(p, len(setup.initial_weights)).delta for p in result.payloads])
+        deltas[engine] = np.stack([decode(p, len(weights)).delta for p in result.payloads])
     np.testing.assert_allclose(deltas["onnx"], deltas["torch"], atol=1e-5)
 
 
