@@ -11,11 +11,15 @@ the default model preset, every phone of the cohort trained every round:
   Timed: the rounds after the first (which starts Ray and loads the data); round ends are when
   ``RUN/metrics.jsonl`` gains a line.
 - ``flower``: plain Flower 1.42 (message API): one virtual SuperNode per phone, a ClientApp that
-  loads the global ``CifgLstm`` state dict, trains with ``torch.optim.SGD`` (:func:`train_plain`) and
+  loads the global ``CifgLstm`` state dict, trains with ``torch.optim.SGD`` (``plain_engines.train_plain``) and
   returns the weights, Flower's own ``FedAvg``, ``run_simulation`` with Ray. Timed: the rounds
   after the first.
 - ``floor``: the plain way: a Python loop over the cohort training each phone in turn with
-  :func:`train_plain`, then the weighted mean. Timed: one round after a warm-up.
+  ``plain_engines.train_plain``, then the weighted mean. Timed: one round after a warm-up.
+
+The two baselines and the agreement check live in ``plain_engines.py`` (torch); this module does not
+import torch, so the fedkey engine's process is what ``fedkey simulate``'s is: a server process without
+torch (the run prints whether it loaded it).
 
 Every engine runs in its own child process (floor and fedkey ``--repeats`` times, alternately, each
 keeping its fastest run and its highest memory peak; flower once); the parent samples the memory of
@@ -49,8 +53,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -63,15 +65,9 @@ from typing import Any
 
 import numpy as np
 import psutil
-import torch
 from tree_memory import TreeMemory, process_tree, watch_peak
 
 from fedkey.device_sim.federated_data import FederatedData
-from fedkey.device_sim.host_runtime import PhoneHost, host_for
-from fedkey.device_sim.phone_host import HostTask
-from fedkey.models.cifg_lstm import CifgLstm, initial_weights
-from fedkey.models.onnx_local_update import Batches
-from fedkey.simulate import backend_config, build_setup, config_from_run_config, train_flops_per_position
 
 ENGINES = ("floor", "fedkey", "flower")
 MIN_MESSAGES = 20
@@ -108,92 +104,6 @@ def run_config(data_dir: Path, out: Path, cohort: int, rounds: int, cpus: int) -
     }
 
 
-def train_plain(model: CifgLstm, batches: Batches, steps: int, lr: float, grad_clip: float) -> None:
-    """One phone's local epoch written the plain torch way: module, autograd, clip, SGD."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    tokens, targets = torch.from_numpy(batches.tokens), torch.from_numpy(batches.targets)
-    mask = torch.from_numpy(batches.mask)
-    for k in range(steps):
-        i = k % len(tokens)
-        total, count = model.loss(tokens[i], targets[i], mask[i])
-        opt.zero_grad()
-        (total / torch.clamp(count, min=1.0)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-
-
-def phone_work(host: PhoneHost, phone: int, round_idx: int) -> tuple[Batches, int, int, int]:
-    """(batches, steps, examples, tokens) of a phone in a round: the phone host's own data path."""
-    seed = int(host.population.phone_seeds(np.array([phone]), round_idx)[0])
-    return host.phone_batches(int(host.population.user_of(np.array([phone]))[0]), seed)
-
-
-# --- engines (each runs in a child process and writes a JSON result) ---------------------------------
-
-
-def engine_floor(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A loop over the cohort, each phone trained in turn, then the weighted mean; one round, timed.
-
-    Warm-up first: one phone trained, and every phone's tokenised data (which the other engines cache
-    in their first round).
-    """
-    setup = build_setup(config_from_run_config(config).config, config["data-dir"])
-    task, sim = setup.task, setup.config.simulate
-    host = PhoneHost(task)
-    for phone in range(sim.cohort_size):
-        phone_work(host, phone, 1)
-    batches, steps, _, _ = phone_work(host, 0, 1)
-    train_plain(CifgLstm(setup.model_config, seed=sim.seed), batches, steps, task.lr, task.grad_clip)
-    model = CifgLstm(setup.model_config, seed=sim.seed)
-    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    t0 = time.perf_counter()
-    total = {k: torch.zeros_like(v) for k, v in global_state.items()}
-    examples_sum = useful = nominal = 0
-    for phone in range(sim.cohort_size):
-        batches, steps, examples, tokens = phone_work(host, phone, 1)
-        model.load_state_dict(global_state)
-        train_plain(model, batches, steps, task.lr, task.grad_clip)
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                total[k] += examples * v
-        examples_sum += examples
-        useful += tokens
-        nominal += steps * task.batch_size * task.seq_len
-    global_state = {k: v / examples_sum for k, v in total.items()}
-    return {
-        "phones": sim.cohort_size,
-        "window": [t0, time.perf_counter()],
-        "positions_useful": useful,
-        "positions_nominal": nominal,
-        "flops_per_position": train_flops_per_position(setup.model_config),
-    }
-
-
-def agreement(config: Mapping[str, Any]) -> float:
-    """Relative L2 difference of one phone's delta: the plain loop vs fedkey's batched trainer (run in
-    its own process, so that neither engine's memory peak counts the other's trainer)."""
-    from fedkey.device_sim.batched_training import train_phones
-
-    setup = build_setup(config_from_run_config(config).config, config["data-dir"])
-    task, host = setup.task, PhoneHost(setup.task)
-    batches, steps, _, _ = phone_work(host, 0, 1)
-    model = CifgLstm(setup.model_config, seed=setup.config.simulate.seed)
-    start = [p.detach().clone() for p in model.param_dict().values()]
-    train_plain(model, batches, steps, task.lr, task.grad_clip)
-    plain = torch.cat([(p.detach() - s).reshape(-1) for p, s in zip(model.param_dict().values(), start, strict=True)])
-    batched = train_phones(
-        setup.model_config,
-        initial_weights(setup.model_config, setup.config.simulate.seed),
-        [batches],
-        [steps],
-        lr=task.lr,
-        grad_clip=task.grad_clip,
-        delta_clip=0,
-    )
-    fast = torch.from_numpy(batched.deltas[0])
-    return float(torch.linalg.vector_norm(plain - fast) / torch.linalg.vector_norm(plain))
-
-
 def engine_fedkey(config: Mapping[str, Any]) -> dict[str, Any]:
     """``fedkey simulate`` in-process (Flower simulation engine, Ray); the rounds after the first.
 
@@ -218,63 +128,11 @@ def engine_fedkey(config: Mapping[str, Any]) -> dict[str, Any]:
     done.set()
     watcher.join()
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
-    return {"phones": sum(x["reported"] for x in lines[1:]), "window": [ends[0], ends[-1]]}
-
-
-def engine_flower(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain Flower: a SuperNode per phone, a torch ClientApp returning weights, Flower's FedAvg."""
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
-
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    setup = build_setup(config_from_run_config(config).config, config["data-dir"])
-    sim, task_record = setup.config.simulate, setup.task.to_config()
-    n, rounds = sim.cohort_size, sim.rounds
-
-    client = ClientApp()
-
-    @client.train()
-    def _train(msg: Message, context: Context) -> Message:
-        torch.set_num_threads(1)
-        task = HostTask.from_config(task_record)
-        host = host_for(task)
-        batches, steps, examples, _ = phone_work(
-            host, int(context.node_config["partition-id"]), int(msg.content["config"]["server-round"])
-        )
-        model = CifgLstm(task.model)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        train_plain(model, batches, steps, task.lr, task.grad_clip)
-        reply = RecordDict(
-            {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": examples})}
-        )
-        return Message(content=reply, reply_to=msg)
-
-    stamps: list[float] = []
-    server = ServerApp()
-
-    @server.main()
-    def _main(grid: Grid, context: Context) -> None:
-        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
-        initial = ArrayRecord(CifgLstm(setup.model_config, seed=sim.seed).state_dict())
-
-        def stamp(rnd: int, arrays: ArrayRecord) -> None:
-            stamps.append(time.perf_counter())
-
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, evaluate_fn=stamp)
-
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=n,
-        backend_name="ray",
-        backend_config=backend_config(setup.config),  # type: ignore[arg-type]
-    )
-    # stamps: before round 1, after each round
-    return {"phones": n * (rounds - 1), "window": [stamps[1], stamps[-1]]}
+    return {
+        "phones": sum(x["reported"] for x in lines[1:]),
+        "window": [ends[0], ends[-1]],
+        "server_loaded_torch": "torch" in sys.modules,
+    }
 
 
 # --- the parent: data, matmul peak, engines under a memory sampler, report ------------------------
@@ -296,19 +154,6 @@ def subset_data(source: Path, dest: Path, cohort: int, seed: int) -> None:
             handle.write(
                 json.dumps({"user": u.user, "split": u.split, "messages": u.messages, "personal": u.personal}) + "\n"
             )
-
-
-def matmul_peak(threads: int, size: int = 2048, reps: int = 8) -> float:
-    """Best fp32 GFLOP per CPU-second of a square torch matmul on ``threads`` threads."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = 0.0
-    for _ in range(reps):
-        t0 = time.process_time()
-        a @ b
-        best = max(best, 2 * size**3 / (time.process_time() - t0) / 1e9)
-    return best
 
 
 class TreeClock:
@@ -368,15 +213,23 @@ def main() -> None:
     parser.add_argument("--engine", choices=[*ENGINES, "agreement"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.cpus)
+    if args.engine == "fedkey":
+        engines: dict[str, Any] = {"fedkey": engine_fedkey}
+    else:  # torch here only: the fedkey engine's process is fedkey simulate's server, which does not load it
+        import plain_engines
+        import torch
+
+        torch.set_num_threads(args.cpus)
+        engines = {"floor": plain_engines.engine_floor, "flower": plain_engines.engine_flower}
     if args.engine == "agreement":
         config = json.loads(args.config)
-        (Path(config["out"]) / "result.json").write_text(json.dumps({"agreement": agreement(config)}))
+        result = {"agreement": plain_engines.agreement(config)}
+        (Path(config["out"]) / "result.json").write_text(json.dumps(result))
         return
     if args.engine:
         config = json.loads(args.config)
         clock = TreeClock()
-        result = {"floor": engine_floor, "fedkey": engine_fedkey, "flower": engine_flower}[args.engine](config)
+        result = engines[args.engine](config)
         t0, t1 = result.pop("window")
         result["seconds"], result["cpu_seconds"] = t1 - t0, clock.cpu_between(t0, t1)
         (Path(config["out"]) / "result.json").write_text(json.dumps(result))
@@ -387,7 +240,7 @@ def main() -> None:
     try:
         data_dir = work / "data"
         subset_data(DATA, data_dir, cohort, args.seed)
-        peak = matmul_peak(args.cpus)
+        peak = plain_engines.matmul_peak(args.cpus)
         print(f"cohort {cohort} phones (chitchat, >= {MIN_MESSAGES} messages), {args.cpus} CPU(s)")
         print(f"fp32 matmul peak {peak:.1f} GFLOP per CPU-second ({args.cpus} thread(s))")
         (work / "agreement").mkdir()
@@ -416,7 +269,7 @@ def main() -> None:
             if engine not in best or rate > best[engine]["phones"] / best[engine]["cpu_seconds"]:
                 best[engine] = res
         results = {engine: (best[engine], peaks[engine]) for engine in ENGINES}
-        again = matmul_peak(args.cpus)
+        again = plain_engines.matmul_peak(args.cpus)
         print(f"matmul peak again after the engines: {again:.1f} (the better of the two is the peak)")
         peak = max(peak, again)
     finally:
@@ -431,6 +284,8 @@ def main() -> None:
         f"({floor['positions_nominal'] / cohort:.0f} with padding), {useful / 1e9:.2f} GFLOP of training"
     )
     print(f"agreement: plain loop vs fedkey batched trainer, one phone's delta, relative L2 {check['agreement']:.1e}")
+    loaded = results["fedkey"][0]["server_loaded_torch"]
+    print(f"fedkey's server process (the engine's own) loaded torch: {'yes' if loaded else 'no'}")
     wall, rate, mem, frac = {}, {}, {}, {}
     print(
         f"{'engine':8} {'phones/s wall':>13} {'CPUs busy':>9} {'phones/CPU-s':>12} {'peak MB':>8} {'RSS sum':>8} "

@@ -43,7 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from sim_throughput import DATA, matmul_peak, phone_work, run_config, subset_data, train_plain
+from plain_engines import matmul_peak, phone_work, train_plain
+from sim_throughput import DATA, run_config, subset_data
 from torch.profiler import ProfilerActivity, profile
 
 from fedkey.device_sim.batched_training import train_phones

@@ -174,7 +174,9 @@ class SimulateConfig(_Strict):
     phone_hosts: int = Field(
         2, ge=1, description="Flower virtual SuperNodes (ClientApp instances), each running many phones"
     )
-    threads: int = Field(1, ge=1, description="torch / ONNX Runtime threads per phone host and for the server")
+    threads: int = Field(
+        1, ge=1, description="torch / ONNX Runtime threads per phone host (training, evaluation) and bundle export"
+    )
     optimizer: ServerOptimizerConfig = Field(default_factory=ServerOptimizerConfig, description="server optimizer")
     eval_every: int = Field(5, ge=0, description="rounds between held-out sample evaluations (0 = only the last round)")
     eval_users: int = Field(60, ge=1, description="held-out users in the periodic evaluation sample")

@@ -356,6 +356,28 @@ def backend_config(config: FedkeyConfig) -> dict[str, Any]:
     return {"client_resources": {"num_cpus": sim.threads, "num_gpus": 0.0}, "init_args": init_args}
 
 
+def start_local_ray(config: FedkeyConfig) -> None:
+    """Start this machine's Ray as Flower's backend would (it then uses it as it is), less three helper
+    processes a single-machine simulation has no use for, about 150 MB together: the autoscaler monitor
+    (it scales clusters), the log monitor (it streams workers' logs to the driver; ``log_to_driver`` is
+    off) and the dashboard's API server (jobs, state API; this install has no dashboard UI). The
+    raylet, GCS and the per-node agents stay. ``Node._kill_process_type`` is what Ray's own ``kill_*``
+    helpers call, with ``wait`` (ray is pinned)."""
+    import ray
+    from ray._private import ray_constants, worker
+
+    ray.init(**backend_config(config)["init_args"], include_dashboard=False)
+    node = worker._global_node
+    assert node is not None
+    helpers = (
+        ray_constants.PROCESS_TYPE_MONITOR,
+        ray_constants.PROCESS_TYPE_LOG_MONITOR,
+        ray_constants.PROCESS_TYPE_DASHBOARD,
+    )
+    for kind in helpers:
+        node._kill_process_type(kind, allow_graceful=True, wait=True)  # wait: reaped, no zombie left
+
+
 def run_local(run_config: Mapping[str, Any], verbose: bool = False) -> None:
     """Run the ServerApp and ``simulate.phone_hosts`` phone hosts in-process (Flower simulation engine).
 
@@ -377,6 +399,9 @@ def run_local(run_config: Mapping[str, Any], verbose: bool = False) -> None:
     flwr_logger.addFilter(drop)
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
+    local_ray = not settings.config.simulate.ray_address
+    if local_ray:
+        start_local_ray(settings.config)
     try:
         run_simulation(
             server_app=make_server_app(run_config),
@@ -389,3 +414,7 @@ def run_local(run_config: Mapping[str, Any], verbose: bool = False) -> None:
     finally:
         flwr_logger.removeFilter(drop)
         flwr_logger.setLevel(level)
+        if local_ray:  # Flower shuts Ray down after a run; not always when the run failed
+            import ray
+
+            ray.shutdown()
