@@ -136,12 +136,12 @@ class SimulationRun:
 
     def prepare_outputs(self) -> None:
         """Write config.toml; on resume restore the checkpoint and drop metric lines after it (the
-        strategy is restored before anything is dropped: a checkpoint that does not fit changes nothing)."""
+        strategy is restored before anything is written: a checkpoint that does not fit changes nothing)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.toml").write_text(to_toml(self.config))
         metrics = self.out / "metrics.jsonl"
         ckpt_path = self.out / CHECKPOINT
         if not (self.settings.resume and ckpt_path.is_file()):
+            (self.out / "config.toml").write_text(to_toml(self.config))
             metrics.unlink(missing_ok=True)
             return
         ckpt = CheckpointFile.load(ckpt_path)
@@ -159,6 +159,7 @@ class SimulationRun:
         done = int(meta["round"])
         self.next_round = done + 1
         self.wall_offset_s = float(meta["wall_time_s"])
+        (self.out / "config.toml").write_text(to_toml(self.config))
         if metrics.is_file():
             kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["round"] <= done]
             metrics.write_text("".join(line + "\n" for line in kept))

@@ -12,7 +12,7 @@ from simulate_helpers import LocalGrid, tiny_config
 
 from fedkey.config import ConfigError, load_config, to_toml
 from fedkey.models.checkpoint import Checkpoint
-from fedkey.server.app import METRIC_KEYS, SimulationRun
+from fedkey.server.app import METRIC_KEYS, ServerRunError, SimulationRun
 from fedkey.simulate import RunSettings, SimulationConfigError, build_setup, config_from_run_config
 
 torch.set_num_threads(1)
@@ -157,3 +157,23 @@ def test_resume_refuses_a_run_folder_written_before_a_setting_existed(tmp_path: 
     assert given.config.simulate.message_selection == "first" and given.config.simulate.rounds == 9
     (tmp_path / "config.toml").write_text(full)  # a complete file resumes as written
     assert config_from_run_config(run_config).config.simulate.rounds == 9
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_or_kind_and_changes_nothing(prepared, tmp_path: Path):
+    out = tmp_path / "run"
+    run(prepared, out, "simulate.rounds=1")
+    before = {name: (out / name).read_bytes() for name in ("metrics.jsonl", "checkpoint.pt", "config.toml")}
+    wider = tiny_config(*STATEFUL, "model.hidden_dim=20")
+    simulation = SimulationRun(RunSettings(wider, prepared.root, out, True, False), build_setup(wider, prepared.root))
+    with pytest.raises(ServerRunError, match="holds a model of shape"):
+        simulation.prepare_outputs()
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+    central = Checkpoint.load(out / "checkpoint.pt")
+    central.meta = {"kind": "central", "step": 3}
+    central.save(out / "checkpoint.pt")
+    config = tiny_config(*STATEFUL)
+    simulation = SimulationRun(RunSettings(config, prepared.root, out, True, False), build_setup(config, prepared.root))
+    with pytest.raises(ServerRunError, match="not a `fedkey simulate` checkpoint"):
+        simulation.prepare_outputs()
+    assert all((out / name).read_bytes() == before[name] for name in ("metrics.jsonl", "config.toml"))
