@@ -8,13 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Error, Message, RecordDict
 from simulate_helpers import LocalGrid, tiny_config
 
-from fedkey.device_sim.phone_host import HostTask
-from fedkey.models.cifg_lstm import initial_weights
+from fedkey.device_sim.federated_data import FederatedData, sample_messages
+from fedkey.device_sim.phone_host import EvalTask, HostTask
+from fedkey.models.cifg_lstm import initial_weights, model_from_weights
+from fedkey.models.evaluate import evaluate_model
 from fedkey.models.schedules import lr_factor
-from fedkey.server.strategy import FleetStrategy
+from fedkey.server.strategy import FleetStrategy, StrategyError, query_initial_weights
 from fedkey.simulate import build_setup
 
 torch.set_num_threads(1)
@@ -229,3 +231,42 @@ def test_cosine_local_lr_schedule_scales_each_rounds_task(prepared):
     assert rates["constant"] == [0.8] * 4
     assert rates["cosine"] == pytest.approx([0.8 * lr_factor("cosine", r, 4) for r in range(4)])
     assert rates["cosine"][0] == 0.8 and rates["cosine"][-1] < 0.15
+
+
+def test_hosts_give_the_initial_weights_and_evaluate_as_the_model_would_in_process(prepared):
+    """The server holds no model code: its initial weights and held-out metrics come from phone hosts,
+    and must equal the model's own seeded initialisation and a direct evaluation."""
+    setup = build_setup(tiny_config(), prepared.root)
+    grid = LocalGrid(n_nodes=3)
+    weights = query_initial_weights(grid, setup.task.to_config(), timeout_s=60)
+    np.testing.assert_array_equal(weights, initial_weights(setup.model_config, setup.config.simulate.seed))
+
+    strategy = strategy_for(prepared)
+    spec = EvalTask(users=3, max_positions=40, beam=4, max_word_pieces=3)
+    messages = list(strategy.configure_evaluate(5, strategy.arrays(), ConfigRecord(spec.to_config()), grid))
+    assert [(m.metadata.message_type, m.metadata.dst_node_id) for m in messages] == [("evaluate", 103)]  # 5 % 3
+    metrics = strategy.aggregate_evaluate(5, grid.send_and_receive(messages))
+    data = FederatedData.load(prepared.root)
+    direct = evaluate_model(
+        model_from_weights(setup.model_config, weights),
+        data.tokenizer,
+        data.lexicon,
+        sample_messages(data.test_users, 3, setup.config.simulate.seed),
+        max_positions=40,
+        beam=4,
+        max_word_pieces=3,
+    )
+    assert metrics is not None and dict(metrics) == pytest.approx(direct)
+
+
+def test_a_failed_evaluation_stops_the_run_with_the_hosts_reason(prepared):
+    def fail(reply: Message) -> Message:
+        return Message(Error(code=0, reason="out of memory"), reply_to=reply) if reply.has_content() else reply
+
+    strategy = strategy_for(prepared)
+    grid = LocalGrid(n_nodes=2, tamper=fail)
+    messages = list(
+        strategy.configure_evaluate(1, strategy.arrays(), ConfigRecord(EvalTask(3, 40, 4, 3).to_config()), grid)
+    )
+    with pytest.raises(StrategyError, match=r"held-out evaluation failed on phone host \d+: out of memory"):
+        strategy.aggregate_evaluate(1, grid.send_and_receive(messages))
