@@ -17,7 +17,12 @@ import json, sys, psutil, ray
 from fedkey.config import load_config
 from fedkey.simulate import start_local_ray
 start_local_ray(load_config(sys.argv[1], []))
-children = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+def command(p):
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # exited (or a zombie) since it was listed
+        return ""
+children = [command(p) for p in psutil.Process().children(recursive=True)]
 answer = ray.get(ray.remote(lambda: 6 * 7).remote())
 cpus = ray.cluster_resources().get("CPU")
 ray.shutdown()
