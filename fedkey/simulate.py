@@ -375,7 +375,9 @@ def start_local_ray(config: FedkeyConfig) -> None:
         ray_constants.PROCESS_TYPE_DASHBOARD,
     )
     for kind in helpers:
-        node._kill_process_type(kind, allow_graceful=True, wait=True)  # wait: reaped, no zombie left
+        # SIGKILL: on SIGTERM the autoscaler monitor reports itself as failed on the driver's console;
+        # wait: the process is reaped, no zombie is left
+        node._kill_process_type(kind, allow_graceful=False, wait=True)
 
 
 def run_local(run_config: Mapping[str, Any], verbose: bool = False) -> None:

@@ -39,6 +39,7 @@ def test_cli_runs_rounds_through_flower_and_writes_every_output(prepared, tmp_pa
     proc = run_fedkey("-c", TORCH_FREE_CHECK, *args, overrides=[*overrides, "simulate.phone_hosts=2"], python=True)
     # the server holds numpy weights only: hosts initialise and evaluate, `fedkey export` makes the bundle
     assert "server process imported torch: False" in proc.stdout
+    assert "autoscaler failed" not in proc.stdout + proc.stderr  # the helpers fedkey's own Ray stops leave no noise
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2]
     assert all(tuple(line) == METRIC_KEYS for line in lines)
