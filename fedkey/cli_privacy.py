@@ -20,8 +20,6 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-# dp-accounting and scipy (~45 MB, 1 s) are imported inside the command: `fedkey simulate` loads this
-# module with the CLI and its process is the federated server's, which needs them only with DP
 from fedkey.privacy.config import CentralDpConfig, LocalAccountingConfig
 from fedkey.privacy.errors import PrivacyError
 from fedkey.protocol.pipeline_config import PipelineConfig
@@ -56,6 +54,8 @@ def _central(section: dict[str, Any], overrides: dict[str, Any]) -> CentralDpCon
     if not merged:
         return None
     if "noise_multiplier" not in merged and "target_epsilon" in merged:
+        # dp-accounting and scipy (~45 MB, 1 s) load here, not with the module: `fedkey simulate` loads
+        # this module with the CLI, and its process is the federated server's, which needs them only with DP
         from fedkey.privacy.accountant import noise_multiplier_for
 
         probe = CentralDpConfig(**{**merged, "noise_multiplier": 1.0})
@@ -162,7 +162,7 @@ def account(
         model_dim = dim or _default_dim()
         mech = pipeline.local_mechanism(model_dim) if pipeline else None
         clip = pipeline.clip() if pipeline else None
-        from fedkey.privacy.report import build_report, render_markdown
+        from fedkey.privacy.report import build_report, render_markdown  # dp-accounting: see _central
 
         report = build_report(
             central,
