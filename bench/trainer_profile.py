@@ -18,8 +18,8 @@ turn, twice each after a warm-up (the best CPU time of each counts), then the tr
 the profiler. Each matmul part's time is the profiler's (its few microseconds per op are small next to
 0.1-2 ms matmuls); "elementwise and other" is the rest of the timed run's CPU time (the profiler's per-
 op cost would inflate its tens of thousands of small ops). The softmax matmuls' FLOPs are counted from
-the shapes (three products of 2 * V * E per counted position; the profiler counts none for the in-place
-``addmm_``), the recurrence's by the profiler (padded positions included: it computes them). The
+the shapes (three products of 2 * V * E per counted position, plus the bias gradient's matrix-vector
+product), the recurrence's by the profiler (padded positions included: it computes them). The
 trainer's useful rate counts only counted positions, as sim_throughput does. The matmul peak is the best
 of measurements taken before and after the runs.
 
@@ -52,7 +52,7 @@ from fedkey.device_sim.host_runtime import PhoneHost
 from fedkey.models.cifg_lstm import CifgLstm, initial_weights
 from fedkey.simulate import build_setup, config_from_run_config, train_flops_per_position
 
-SOFTMAX_OPS = {"aten::addmm", "aten::addmm_", "aten::mm"}  # the fused loss's three products per chunk
+SOFTMAX_OPS = {"aten::addmm", "aten::mm", "aten::mv"}  # the fused loss's products (logits, gradients)
 RECURRENCE_OPS = {"aten::bmm", "aten::baddbmm"}  # the cell's batched products (phones stacked)
 
 
@@ -130,8 +130,8 @@ def main() -> None:
         calls[part] += event.count
         if part == "recurrence matmuls":
             flops[part] += event.flops
-    # the profiler counts no FLOPs for the in-place addmm_; the fused loss's three products have
-    # 2 * V * E multiply-adds each per counted position, and it computes no other rows
+    # counted from the shapes, not by the profiler (which counts no FLOPs for some out= variants): the
+    # fused loss's three products have 2 * V * E multiply-adds each per counted position, no other rows
     flops["softmax matmuls"] = 3 * 2 * vocab * embed * counted
     # the profiler adds a few microseconds to every op: fine for the matmuls (0.1-2 ms each), not for
     # the tens of thousands of small elementwise ops, so their time is the unprofiled total's remainder

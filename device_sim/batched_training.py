@@ -13,13 +13,18 @@ Where the time goes and what is done about it (default model, 2-core CPU, one th
 
 - The 8192-way tied softmax dominates. :func:`fused_nll` computes it only at counted positions
   (mask != 0; about half the positions of a chitchat batch are padding), 64 rows at a time, and takes
-  the gradient in the same pass: the chunk's log-softmax becomes ``mask * (softmax - onehot)`` in place
-  while it is still in cache and is multiplied straight into the gradients of the projected outputs,
-  the tied embedding and the output bias. The [N, V] logits are never stored nor computed twice.
-- The CIFG recurrence (``models.cifg_lstm.cell_step``) has small matmuls (16 rows per step).
+  the gradient in the same pass: the chunk's logits become ``softmax - onehot`` in place while they are
+  still in cache (one softmax pass; the target's probability is read first for the loss) and are
+  multiplied straight into the gradient of the projected outputs. The position weights (1 / count)
+  scale rows of h instead of the [N, V] matrix, and the embedding's and bias's gradients are one
+  product each over all rows. The [N, V] logits are never computed twice.
+- The CIFG recurrence (``models.cifg_lstm.cell_step``) has small matmuls (16 rows per step) and
+  elementwise ops on [16, H] tensors whose per-op cost matters as much as their arithmetic.
   :func:`_recurrence` computes the input projection of all steps in one matmul and keeps only the
-  recurrent products in the step loop; :func:`_recurrence_backward` takes the weight gradients of all
-  steps in one matmul each instead of two small ones per step.
+  recurrent products in the step loop, and takes every tanh as ``2 sigmoid(2 z) - 1`` (one sigmoid over
+  the three gates; torch's CPU tanh is ~5x slower than its sigmoid); :func:`_recurrence_backward`
+  computes the gates' local derivatives for all steps at once, leaving three elementwise ops per step,
+  and takes the weight gradients of all steps in one matmul each instead of two small ones per step.
 - Every SGD step touches all D = 1.25M weights (the tied softmax gives every embedding row a
   gradient), so passes over D count. :func:`phone_gradients` writes the backward out instead of using
   autograd: each gradient lands in its slice of one preallocated [P, D] buffer (no per-parameter
@@ -74,53 +79,71 @@ def group_size(config: ModelConfig, batch_size: int, seq_len: int, budget_bytes:
     return max(1, budget_bytes // per_phone)
 
 
+def _sigmoid_tanh(z: Tensor, out: Tensor) -> Tensor:
+    """tanh(z) as 2 * sigmoid(2 z) - 1, written into ``out``: torch's CPU tanh is about 5x slower than its
+    sigmoid on the cell's [B, H] tensors; the two agree to float rounding (absolute error ~1e-7)."""
+    return torch.mul(z, 2.0, out=out).sigmoid_().mul_(2.0).sub_(1.0)
+
+
 def _recurrence(xw: Tensor, w_h: Tensor, w_proj: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The CIFG recurrence of ``models.cifg_lstm.cell_step`` over stacked phones: (outputs, saved for backward).
 
     Input ``xw`` [P, T, B, 3H] is the input projection ``x @ w_x + b`` of every step, computed outside
-    in one matmul; per step only the recurrent products remain (``h @ w_h``, ``u @ w_proj``).
+    in one matmul, with its candidate columns doubled (``tanh(z) = 2 sigmoid(2 z) - 1``: one sigmoid over
+    all three gates); per step only the recurrent products remain (``h @ w_h``, ``u @ w_proj``).
     """
     phones, steps, batch = xw.shape[:3]
     hidden, embed = w_proj.shape[1], w_proj.shape[2]
+    w_h2 = w_h.clone()
+    w_h2[..., hidden : 2 * hidden] *= 2.0
     hs = xw.new_zeros(phones, steps + 1, batch, embed)  # hs[:, t] = h before step t
     cs = xw.new_zeros(phones, steps + 1, batch, hidden)
-    f_all, g_all, o_all, tc_all = (xw.new_empty(phones, steps, batch, hidden) for _ in range(4))
-    u_all = xw.new_empty(phones, steps, batch, hidden)
+    s_all = xw.new_empty(phones, steps, batch, 3 * hidden)  # sigmoid of the gates: f, (g + 1) / 2, o
+    g_all, tc_all, u_all = (xw.new_empty(phones, steps, batch, hidden) for _ in range(3))
     for t in range(steps):
-        gates = torch.baddbmm(xw[:, t], hs[:, t], w_h)
-        f = torch.sigmoid(gates[..., :hidden], out=f_all[:, t])
-        g = torch.tanh(gates[..., hidden : 2 * hidden], out=g_all[:, t])
-        o = torch.sigmoid(gates[..., 2 * hidden :], out=o_all[:, t])
+        s = torch.sigmoid(torch.baddbmm(xw[:, t], hs[:, t], w_h2), out=s_all[:, t])
+        f, o = s[..., :hidden], s[..., 2 * hidden :]
+        g = torch.mul(s[..., hidden : 2 * hidden], 2.0, out=g_all[:, t]).sub_(1.0)
         c = torch.addcmul(g, f, cs[:, t] - g, out=cs[:, t + 1])  # f * c + (1 - f) * g
-        u = torch.mul(o, torch.tanh(c, out=tc_all[:, t]), out=u_all[:, t])
+        u = torch.mul(o, _sigmoid_tanh(c, tc_all[:, t]), out=u_all[:, t])
         torch.bmm(u, w_proj, out=hs[:, t + 1])
-    return hs[:, 1:], (w_h, w_proj, hs, cs, f_all, g_all, o_all, tc_all, u_all)
+    return hs[:, 1:], (w_h, w_proj, hs, cs, s_all, g_all, tc_all, u_all)
 
 
 def _recurrence_backward(saved: tuple[Tensor, ...], grad_out: Tensor, grad_w_h: Tensor, grad_w_proj: Tensor) -> Tensor:
     """The gradients of :func:`_recurrence`: returns the gates' [P, T, B, 3H] and writes the weights' into
-    ``grad_w_h`` and ``grad_w_proj``. The steps run in reverse for the state gradients; then the weight
-    gradients of all steps are one batched matmul each, instead of two small matmuls per step.
+    ``grad_w_h`` and ``grad_w_proj``.
+
+    Each gate's local derivative depends on forward values only, so all of them are computed for every
+    step at once before the reverse loop; per step that leaves two products and three elementwise ops
+    on the state gradients. Then the weight gradients of all steps are one batched matmul each, instead
+    of two small matmuls per step.
     """
-    w_h, w_proj, hs, cs, f_all, g_all, o_all, tc_all, u_all = saved
-    phones, steps, batch, hidden = f_all.shape
+    w_h, w_proj, hs, cs, s_all, g_all, tc_all, u_all = saved
+    phones, steps, batch, hidden = g_all.shape
     embed = w_proj.shape[2]
+    f, o = s_all[..., :hidden], s_all[..., 2 * hidden :]
+    # d c / d (c's inputs): grad_c += grad_u * o (1 - tanh(c)^2); the carried grad_c is scaled by f
+    d_c = o * (1.0 - tc_all * tc_all)
+    # d c / d (forget, candidate pre-activations) side by side, so one product serves both
+    d_fg = torch.stack(((cs[:, :steps] - g_all) * f * (1.0 - f), (1.0 - f) * (1.0 - g_all * g_all)), dim=3)
+    d_o = tc_all * o * (1.0 - o)  # d u / d (output-gate pre-activation), times grad_u
     grad_gates = grad_out.new_empty(phones, steps, batch, 3 * hidden)
     grad_h_all = grad_out.new_empty(phones, steps, batch, embed)
     w_h_t, w_proj_t = w_h.transpose(1, 2), w_proj.transpose(1, 2)
-    grad_h = grad_out.new_zeros(phones, batch, embed)
-    grad_c = grad_out.new_zeros(phones, batch, hidden)
+    grad_c = grad_out.new_empty(phones, batch, hidden)
+    carry = grad_out.new_zeros(phones, batch, hidden)  # grad_c of the next step, times its forget gate
     for t in reversed(range(steps)):
-        f, g, o, tc = f_all[:, t], g_all[:, t], o_all[:, t], tc_all[:, t]
-        grad_h = torch.add(grad_out[:, t], grad_h, out=grad_h_all[:, t])
+        if t == steps - 1:
+            grad_h = grad_h_all[:, t].copy_(grad_out[:, t])
+        else:
+            grad_h = torch.baddbmm(grad_out[:, t], grad_gates[:, t + 1], w_h_t, out=grad_h_all[:, t])
         grad_u = torch.bmm(grad_h, w_proj_t)
-        grad_c = grad_c + grad_u * o * (1 - tc * tc)
+        torch.addcmul(carry, grad_u, d_c[:, t], out=grad_c)
         gg = grad_gates[:, t]
-        torch.mul(grad_c * (cs[:, t] - g), f * (1 - f), out=gg[..., :hidden])
-        torch.mul(grad_c * (1 - f), 1 - g * g, out=gg[..., hidden : 2 * hidden])
-        torch.mul(grad_u * tc, o * (1 - o), out=gg[..., 2 * hidden :])
-        grad_c = grad_c * f
-        grad_h = torch.bmm(gg, w_h_t)
+        torch.mul(grad_c.unsqueeze(2), d_fg[:, t], out=gg[..., : 2 * hidden].unflatten(-1, (2, hidden)))
+        torch.mul(grad_u, d_o[:, t], out=gg[..., 2 * hidden :])
+        torch.mul(grad_c, f[:, t], out=carry)
     rows = steps * batch
     torch.bmm(
         hs[:, :steps].reshape(phones, rows, embed).transpose(1, 2),
@@ -149,37 +172,40 @@ def fused_nll(
 
     h [P, N, E], embedding [P, V, E], bias [P, V], targets [P, N] int64, weight [P, N] (0 = not counted).
     Returns (sums [P], d sums / d h [P, N, E]) and writes d sums / d embedding into ``grad_emb`` [P, V, E]
-    and d sums / d bias into ``grad_bias`` [P, V] (overwritten). Only the counted rows are computed, a
-    chunk of rows at a time: the chunk's log-softmax becomes ``weight * (softmax - onehot)`` in place while
-    it is still in cache and is multiplied straight into the three gradients.
+    and d sums / d bias into ``grad_bias`` [P, V] (overwritten). Only the counted rows are computed.
+    A chunk of rows at a time, while its logits are still in cache, they become ``softmax - onehot``
+    in place (one pass: the target's probability is read first for the loss) and are multiplied into
+    the gradient of h. The weights never touch the [N, V] matrix: they scale the rows of h's gradient,
+    and the rows of h in the single product that gives the embedding's gradient (and in the bias's).
     """
-    phones = h.shape[0]
+    phones, vocab = h.shape[0], embedding.shape[1]
     losses = h.new_zeros(phones)
     grad_h = torch.zeros_like(h)
+    tiny = torch.finfo(h.dtype).tiny  # -log of a probability that underflowed counts as ~87 nats, not inf
     for p in range(phones):
         rows = torch.nonzero(weight[p]).squeeze(1)
-        emb_p, bias_p, grad_emb_p, grad_bias_p = embedding[p], bias[p], grad_emb[p], grad_bias[p]
+        emb_p, bias_p = embedding[p], bias[p]
         if len(rows) == 0:
-            grad_emb_p.zero_()
-            grad_bias_p.zero_()
+            grad_emb[p].zero_()
+            grad_bias[p].zero_()
             continue
         # the counted rows, compacted once; chunks are then contiguous views
         h_p = h[p].index_select(0, rows)
-        t_p, m_p = targets[p, rows, None], weight[p, rows, None]
+        t_p, m_p = targets[p, rows, None], weight[p, rows]
+        probs = h.new_empty(len(rows), vocab)  # becomes d(sum of -logp[target]) / d logits, unweighted
+        p_target = h.new_empty(len(rows), 1)
+        minus_one = h.new_full((min(chunk, len(rows)), 1), -1.0)
         grad_h_p = torch.empty_like(h_p)
         for s in range(0, len(rows), chunk):
-            h_c, t_c, m_c = h_p[s : s + chunk], t_p[s : s + chunk], m_p[s : s + chunk]
-            logp = torch.log_softmax(torch.addmm(bias_p, h_c, emb_p.t()), dim=1)
-            losses[p] -= (logp.gather(1, t_c) * m_c).sum()
-            # d(sum of m * -logp[target]) / d logits = m * (softmax - onehot(target)), built in place
-            g = logp.exp_().mul_(m_c).scatter_add_(1, t_c, -m_c)
-            torch.mm(g, emb_p, out=grad_h_p[s : s + chunk])
-            if s == 0:  # the first chunk writes the gradients, later ones add to them
-                torch.mm(g.t(), h_c, out=grad_emb_p)
-                torch.sum(g, dim=0, out=grad_bias_p)
-            else:
-                grad_emb_p.addmm_(g.t(), h_c)
-                grad_bias_p += g.sum(dim=0)
+            part, t_c = probs[s : s + chunk], t_p[s : s + chunk]
+            torch.softmax(torch.addmm(bias_p, h_p[s : s + chunk], emb_p.t(), out=part), dim=1, out=part)
+            torch.gather(part, 1, t_c, out=p_target[s : s + chunk])
+            part.scatter_add_(1, t_c, minus_one[: len(t_c)])
+            torch.mm(part, emb_p, out=grad_h_p[s : s + chunk])
+        losses[p] = -(p_target.squeeze(1).clamp_(min=tiny).log_() * m_p).sum()
+        grad_h_p *= m_p[:, None]
+        torch.mm(probs.t(), h_p * m_p[:, None], out=grad_emb[p])
+        torch.mv(probs.t(), m_p, out=grad_bias[p])
         grad_h[p].index_copy_(0, rows, grad_h_p)
     return losses, grad_h
 
@@ -230,6 +256,8 @@ def phone_gradients(
         keep_out = _dropout_masks(generators, steps * batch, embed, dropout)
         x = x * keep_in
     xw = torch.baddbmm(params["b"][:, None, :], x, params["w_x"]).reshape(phones, steps, batch, -1)
+    hidden = shapes["w_proj"][0]
+    xw[..., hidden : 2 * hidden] *= 2.0  # the candidate's tanh is taken as 2 sigmoid(2 z) - 1
     out, saved = _recurrence(xw, params["w_h"], params["w_proj"])
     out = out.reshape(phones, steps * batch, embed)
     if keep_out is not None:
