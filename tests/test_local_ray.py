@@ -1,5 +1,6 @@
 """`fedkey simulate`'s own Ray (fedkey.simulate.start_local_ray): no autoscaler monitor, log monitor or
-dashboard server, and still a working Ray (a task runs, an actor gets its CPUs)."""
+dashboard server, malloc arenas capped in its workers, and still a working Ray (a task runs, an actor
+gets its CPUs)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import sys
 from simulate_helpers import tiny_config
 
 from fedkey.config import to_toml
+from fedkey.simulate import MALLOC_ARENAS
 
 # Starts the local Ray, lists the command lines of this process's descendants, runs a task, shuts down.
 SCRIPT = """
-import json, sys, psutil, ray
+import json, os, sys, psutil, ray
 from fedkey.config import load_config
 from fedkey.simulate import start_local_ray
 start_local_ray(load_config(sys.argv[1], []))
@@ -24,9 +26,10 @@ def command(p):
         return ""
 children = [command(p) for p in psutil.Process().children(recursive=True)]
 answer = ray.get(ray.remote(lambda: 6 * 7).remote())
+arenas = ray.get(ray.remote(lambda: os.environ.get("MALLOC_ARENA_MAX")).remote())
 cpus = ray.cluster_resources().get("CPU")
 ray.shutdown()
-print(json.dumps({"children": children, "answer": answer, "cpus": cpus}))
+print(json.dumps({"children": children, "answer": answer, "cpus": cpus, "arenas": arenas}))
 """
 
 
@@ -37,6 +40,7 @@ def test_local_ray_runs_without_the_helpers_a_single_machine_run_does_not_need(t
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["answer"] == 42 and seen["cpus"] == 2.0  # phone_hosts x threads
+    assert seen["arenas"] == str(MALLOC_ARENAS)  # the workers (phone hosts) start with the cap
     children = "\n".join(seen["children"])
     assert "raylet" in children and "gcs_server" in children  # Ray itself runs
     for helper in ("/monitor.py", "/log_monitor.py", "/dashboard.py"):
