@@ -29,7 +29,7 @@ from fedkey.models.evaluate import evaluate_model
 from fedkey.models.model_config import ModelConfig
 from fedkey.models.onnx_local_update import Batches, OnnxLocalUpdate
 from fedkey.models.onnx_train import export_train_graphs
-from fedkey.models.sequences import SequenceBatch, encode_sequences
+from fedkey.models.sequences import SequenceBatch, encode_sequences, window_count
 from fedkey.protocol.pipeline import UpdatePipeline
 
 #: Phones trained and encoded together in a host: bounds the deltas, and the encoder's temporaries,
@@ -60,6 +60,7 @@ class PhoneHost:
         self.pipeline = UpdatePipeline(task.pipeline, self.model.num_parameters())
         self.cache_dir = cache_dir
         self._encoded: dict[int, list[list[int]]] = {}
+        self._cached_windows: dict[int, int] = {}
         self._onnx: OnnxLocalUpdate | None = None
 
     def encoded(self, user: int) -> list[list[int]]:
@@ -67,6 +68,12 @@ class PhoneHost:
         if user not in self._encoded:
             self._encoded[user] = self.data.tokenizer.encode_batch(list(self.users[user].messages))
         return self._encoded[user]
+
+    def cached_windows(self, user: int) -> int:
+        """The training windows of all of a real user's messages (a phone's whole text cache)."""
+        if user not in self._cached_windows:
+            self._cached_windows[user] = window_count(self.encoded(user), self.task.seq_len)
+        return self._cached_windows[user]
 
     def sequences(self, user: int, rng: np.random.Generator) -> SequenceBatch:
         """The training windows of a phone of ``user`` this round: all its messages when it has at most
@@ -81,7 +88,8 @@ class PhoneHost:
         return encode_sequences(encoded, self.task.seq_len)
 
     def phone_batches(self, user: int, seed: int) -> tuple[Batches, int, int, int]:
-        """(batches, steps, examples, tokens) of one phone this round.
+        """(batches, steps, examples, tokens) of one phone this round; ``examples``, its update's weight,
+        counts the windows it trains on, or with ``update_weight = "cached"`` those of its whole cache.
 
         The phone's seed picks its messages (:meth:`sequences`) and shuffles their rows; rows of
         similar length share a batch (ties in random order) and the batch order is shuffled, so the
@@ -97,7 +105,8 @@ class PhoneHost:
         batches = Batches(b.tokens[shuffle], b.targets[shuffle], b.mask[shuffle])
         n_batches = batches.tokens.shape[0]
         steps = self.task.local_steps or max(1, math.ceil(self.task.local_epochs * n_batches))
-        return batches, steps, len(seqs), int(seqs.lengths.sum())
+        examples = self.cached_windows(user) if self.task.update_weight == "cached" else len(seqs)
+        return batches, steps, examples, int(seqs.lengths.sum())
 
     def onnx_updater(self, threads: int) -> OnnxLocalUpdate:
         """``local_update.onnx`` for this model shape and sequence length (exported once, cached on disk)."""

@@ -78,6 +78,7 @@ INITIAL_WEIGHTS = "initial_weights"
 
 Engine = Literal["torch", "onnx"]
 MessageSelection = Literal["sample", "first"]
+UpdateWeight = Literal["trained", "cached"]
 
 
 class PhoneHostError(ValueError):
@@ -100,6 +101,7 @@ class HostTask:
     local_steps: int = 0
     max_messages: int = 64
     message_selection: MessageSelection = "sample"
+    update_weight: UpdateWeight = "trained"
     lr: float = 0.5
     grad_clip: float = 1.0
     delta_clip: float = 0.0
@@ -122,6 +124,7 @@ class HostTask:
             "local-steps": self.local_steps,
             "max-messages": self.max_messages,
             "message-selection": self.message_selection,
+            "update-weight": self.update_weight,
             "lr": float(self.lr),
             "grad-clip": float(self.grad_clip),
             "delta-clip": float(self.delta_clip),
@@ -146,6 +149,9 @@ class HostTask:
             selection = str(record["message-selection"])
             if selection not in ("sample", "first"):
                 raise PhoneHostError(f"message-selection must be 'sample' or 'first', got {selection!r}")
+            weight = str(record["update-weight"])
+            if weight not in ("trained", "cached"):
+                raise PhoneHostError(f"update-weight must be 'trained' or 'cached', got {weight!r}")
             return cls(
                 data_dir=str(node.get("data-dir") or record["data-dir"]),
                 model=ModelConfig.model_validate_json(str(record["model"])),
@@ -159,6 +165,7 @@ class HostTask:
                 local_steps=int(record["local-steps"]),  # type: ignore[arg-type]
                 max_messages=int(record["max-messages"]),  # type: ignore[arg-type]
                 message_selection=selection,  # type: ignore[arg-type]
+                update_weight=weight,  # type: ignore[arg-type]
                 lr=float(record["lr"]),  # type: ignore[arg-type]
                 grad_clip=float(record["grad-clip"]),  # type: ignore[arg-type]
                 delta_clip=float(record["delta-clip"]),  # type: ignore[arg-type]

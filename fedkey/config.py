@@ -159,6 +159,13 @@ class SimulateConfig(_Strict):
         "fresh seeded sample each round (a phone's training cache holds new text each day); first = always "
         "its first ones (repeats the same text every time it is selected, and over-fits it)",
     )
+    update_weight: Literal["trained", "cached"] = Field(
+        "trained",
+        description="weight of a phone's update in the average: trained = the training windows it "
+        "trained on this round; cached = all the windows its text cache holds (FedAvg's n_k of the whole "
+        "local dataset: with max_messages_per_phone capping a heavy user's work, each user still counts "
+        "in proportion to their text, as pooled training and position-weighted recall count it)",
+    )
     seq_len: int = Field(20, ge=4, description="local training sequence length in pieces (longer messages split)")
     local_engine: Literal["torch", "onnx"] = Field(
         "torch",

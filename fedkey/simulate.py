@@ -261,6 +261,7 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         local_steps=sim.local_steps,
         max_messages=sim.max_messages_per_phone,
         message_selection=sim.message_selection,
+        update_weight=sim.update_weight,
         lr=sim.local_lr,
         grad_clip=sim.local_grad_clip,
         delta_clip=sim.local_delta_clip,

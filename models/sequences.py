@@ -7,6 +7,7 @@ once); shorter ones are padded with PAD and masked. The keyboard context resets 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,11 @@ class SequenceBatch:
 
     def take(self, index: np.ndarray | slice) -> SequenceBatch:
         return SequenceBatch(self.inputs[index], self.targets[index], self.mask[index], self.lengths[index])
+
+
+def window_count(encoded: Sequence[Sequence[int]], seq_len: int) -> int:
+    """How many windows :func:`encode_sequences` cuts these messages into (without building them)."""
+    return sum(math.ceil((len(ids) + 1) / seq_len) for ids in encoded)  # BOS, pieces, EOS: len + 1 targets
 
 
 def encode_sequences(encoded: Sequence[Sequence[int]], seq_len: int) -> SequenceBatch:

@@ -15,6 +15,7 @@ from fedkey.device_sim.phone_host import HostTask, PhoneHostError
 from fedkey.models.cifg_lstm import CifgLstm, ModelConfig, initial_weights
 from fedkey.models.manifest import flatten_params, param_layout
 from fedkey.models.onnx_local_update import Batches, LocalUpdateError, local_update_torch
+from fedkey.models.sequences import encode_sequences
 from fedkey.protocol.pipeline import decode
 from fedkey.simulate import build_setup
 
@@ -93,6 +94,21 @@ def test_message_selection_samples_fresh_text_each_round(prepared):
     assert len({frozenset(picked(seed, "first")) for seed in range(8)}) == 1
     with pytest.raises(PhoneHostError, match="message-selection"):
         HostTask.from_config(task.to_config() | {"message-selection": "latest"})
+
+
+def test_update_weight_counts_the_trained_or_the_cached_windows(prepared):
+    task = build_setup(tiny_config("simulate.max_messages_per_phone=3"), prepared.root).task
+    host = PhoneHost(task)
+    user = max(range(len(host.users)), key=lambda u: len(host.users[u].messages))
+    whole = len(encode_sequences(host.encoded(user), task.seq_len))
+    _, _, trained, _ = host.phone_batches(user, seed=4)
+    assert trained == len(host.sequences(user, np.random.default_rng(4))) < whole  # the 3 messages' windows
+    host.task = HostTask.from_config(task.to_config() | {"update-weight": "cached"})
+    batches, _, cached, _ = host.phone_batches(user, seed=4)
+    assert cached == whole  # every message of the cache, though it still trains on 3
+    assert int(batches.mask.any(axis=2).sum()) == trained  # the rows it trains on are the same
+    with pytest.raises(PhoneHostError, match="update-weight"):
+        HostTask.from_config(task.to_config() | {"update-weight": "sampled"})
 
 
 def test_local_dropout_is_seeded_per_phone_and_regularises():
