@@ -11,9 +11,11 @@ same result as an uninterrupted run).
 
     .venv/bin/python bench/fed_recipes.py [--rounds R] [--cohort C] [--positions N] [--set KEY=VALUE ...]
         [--recipe 'NAME:KEY=VALUE;KEY=VALUE' ...] [--parallel P] [--out runs/fed-recipes] [--resume]
-        [--quick] [--write]
+        [--quick] [--write [--title T]]
 
-`--quick` runs 2 rounds of 5 phones per recipe (a smoke check of the measurement, not the figures).
+`--write` replaces the docs/results.md section "## T (issue 5)" (default T: "Federated training
+recipes"), so separate comparisons keep separate sections. `--quick` runs 2 rounds of 5 phones per
+recipe (a smoke check of the measurement, not the figures).
 Last line: ``RESULT rounds=… best=<recipe> best_recall=… recall_<recipe>=… …`` (held-out recall@1).
 """
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from fed_quality import finished_run, run_all, shown, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTION = "## Federated training recipes (issue 5)"
+TITLE = "Federated training recipes"  # the docs/results.md section: "## TITLE (issue 5)"
 #: Shared by the default recipes: the fed_quality recipe's local work (small batches, two passes, a
 #: cosine-decayed local rate), one phone host per run so that two runs share this 2-core machine.
 BASE = [
@@ -56,11 +58,16 @@ def parse_recipe(text: str) -> tuple[str, list[str]]:
 
 
 def table(
-    runs: dict[str, dict], common: list[str], recipes: dict[str, list[str]], commands: list[str], parallel: int
+    title: str,
+    runs: dict[str, dict],
+    common: list[str],
+    recipes: dict[str, list[str]],
+    commands: list[str],
+    parallel: int,
 ) -> str:
     first = next(iter(runs.values()))
     lines = [
-        SECTION,
+        f"## {title} (issue 5)",
         "",
         f"`bench/fed_recipes.py` runs `fedkey simulate` once per recipe, {first['simulate'].cohort_size} reporting "
         "phones a round (unless a recipe sets its own rounds), same data, model, seed and update pipeline",
@@ -108,6 +115,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue unfinished runs in OUT from their checkpoints")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 5 phones: checks the measurement runs")
     parser.add_argument("--write", action="store_true", help="update the section in docs/results.md")
+    parser.add_argument(
+        "--title", default=TITLE, help=f"the section's title in docs/results.md (default {TITLE!r}): one per comparison"
+    )
     args = parser.parse_args()
 
     recipes = dict(args.recipe) if args.recipe else RECIPES
@@ -135,9 +145,10 @@ def main() -> None:
         f"--positions {positions} --parallel {args.parallel} "
         + "".join(f"--set '{o}' " for o in shared)
         + "".join(f"--recipe '{name}:{';'.join(extra)}' " for name, extra in recipes.items())
+        + (f"--title '{args.title}' " if args.title != TITLE else "")
         + "--write"
     )
-    text = table(runs, shared, recipes, commands, args.parallel)
+    text = table(args.title, runs, shared, recipes, commands, args.parallel)
     print(text)
     if args.write and not args.quick:
         write_section(text)
