@@ -76,6 +76,7 @@ def simulate_command(
     sampling, over-selection, deadlines and per-phone update decoding; phone hosts (virtual SuperNodes)
     each training many phones."""
     from fedkey.report import REPORT
+    from fedkey.server.stopping import RunInterrupted
     from fedkey.simulate import build_setup, ensure_data, run_local
 
     def flags() -> list[str]:
@@ -100,8 +101,18 @@ def simulate_command(
         "resume": resume,
         "progress": True,
     }
-    with user_errors():
-        run_local(run_config, verbose=verbose)
+    try:
+        with user_errors():
+            run_local(run_config, verbose=verbose)
+    except RunInterrupted as stop:
+        if stop.resumable_after:
+            console.print(
+                f"[yellow]stopped[/] after round {stop.resumable_after}: continue with "
+                f"fedkey simulate --out {out} --resume{f' --data {data}' if data else ''}"
+            )
+        else:
+            console.print("[yellow]stopped[/] before the first round ended: nothing to resume")
+        raise typer.Exit(130) from None
     final = json.loads((out / "final.json").read_text())
     held = final["held_out_users"]
     console.print(

@@ -16,11 +16,14 @@ joins them:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
 import os
-from collections.abc import Mapping
+import signal
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -402,12 +405,39 @@ def start_local_ray(config: FedkeyConfig) -> None:
         node._kill_process_type(kind, allow_graceful=False, wait=True)
 
 
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While running: the first Ctrl-C (SIGINT) asks the ServerApp to stop after the round in progress
+    (it is checkpointed), a second one or SIGTERM to stop now (``server.stopping``); the run then ends
+    with ``RunInterrupted``. Installed after Ray started, so SIGTERM reaches this handler rather than
+    Ray's fatal-signal printer; the previous handlers come back afterwards."""
+    from fedkey.server.stopping import STOP
+
+    def handle(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and not STOP.requested:
+            STOP.after_round()
+            print("\nstopping after the round in progress (Ctrl-C again to stop now)", file=sys.stderr)
+        else:
+            STOP.now()
+
+    STOP.clear()
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        STOP.clear()
+
+
 def run_local(run_config: Mapping[str, Any], verbose: bool = False) -> None:
     """Run the ServerApp and ``simulate.phone_hosts`` phone hosts in-process (Flower simulation engine).
 
     ``flwr.simulation.run_simulation`` is Flower 1.42's in-process engine; Flower marks it deprecated
     in favour of ``flwr run`` (which needs a SuperLink process and installs the app), so its one-line
     deprecation notice is filtered out here. ``flwr run .`` runs the same apps from pyproject.toml.
+    Ctrl-C and SIGTERM stop the run (:func:`stop_on_signals`): it raises
+    ``fedkey.server.stopping.RunInterrupted``.
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # offline machines: no telemetry attempts
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning (no GPUs)
@@ -427,14 +457,15 @@ def run_local(run_config: Mapping[str, Any], verbose: bool = False) -> None:
     if local_ray:
         start_local_ray(settings.config)
     try:
-        run_simulation(
-            server_app=make_server_app(run_config),
-            client_app=client_app,
-            num_supernodes=settings.config.simulate.phone_hosts,
-            backend_name="ray",
-            backend_config=backend_config(settings.config),  # type: ignore[arg-type]
-            verbose_logging=verbose,
-        )
+        with stop_on_signals():
+            run_simulation(
+                server_app=make_server_app(run_config),
+                client_app=client_app,
+                num_supernodes=settings.config.simulate.phone_hosts,
+                backend_name="ray",
+                backend_config=backend_config(settings.config),  # type: ignore[arg-type]
+                verbose_logging=verbose,
+            )
     finally:
         flwr_logger.removeFilter(drop)
         flwr_logger.setLevel(level)

@@ -53,6 +53,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedkey.config import to_toml
 from fedkey.models.checkpoint_file import CheckpointFile
 from fedkey.models.manifest import flatten_params, param_layout, unflatten_weights
+from fedkey.server.stopping import STOP, RunInterrupted, exchange
 from fedkey.server.strategy import FleetStrategy, RoundRecord, query_initial_weights
 from fedkey.simulate import RunSettings, SimulationSetup, build_setup, config_from_run_config
 
@@ -130,6 +131,7 @@ class SimulationRun:
         self.task_config = setup.task.to_config()
         self.strategy: FleetStrategy | None = None  # built from the checkpoint, or on the grid by run()
         self.next_round = 1
+        self.checkpointed = 0  # the round the run folder's checkpoint holds (0: none yet)
         self.wall_offset_s = 0.0
         self.stopped = "rounds"
         self.hosts = HostPlaces()
@@ -158,6 +160,7 @@ class SimulationRun:
         self.strategy.load_state_dict(weights, meta["strategy"])
         done = int(meta["round"])
         self.next_round = done + 1
+        self.checkpointed = done
         self.wall_offset_s = float(meta["wall_time_s"])
         (self.out / "config.toml").write_text(to_toml(self.config))
         if metrics.is_file():
@@ -172,7 +175,7 @@ class SimulationRun:
         """The global model's held-out metrics, computed by a phone host."""
         assert self.strategy is not None
         messages = self.strategy.configure_evaluate(rnd, self.strategy.arrays(), ConfigRecord(dict(eval_config)), grid)
-        replies = grid.send_and_receive(list(messages), timeout=self.config.simulate.host_timeout_s)
+        replies = exchange(grid, messages, self.config.simulate.host_timeout_s, self.checkpointed)
         metrics = self.strategy.aggregate_evaluate(rnd, replies)
         assert metrics is not None
         return {k: float(v) for k, v in metrics.items()}  # type: ignore[arg-type]
@@ -209,6 +212,7 @@ class SimulationRun:
             model_version=self.strategy.model_version,
             meta={"kind": "simulate", "round": done, "wall_time_s": wall_s, "strategy": self.strategy.state_dict()},
         ).save(self.out / CHECKPOINT)
+        self.checkpointed = done
         self.write_participation()
 
     def write_participation(self) -> None:
@@ -224,7 +228,9 @@ class SimulationRun:
         os.replace(tmp, self.out / "participation.json")
 
     def run(self, grid: Grid) -> None:
-        """All remaining rounds, then the final evaluation, checkpoint and bundle."""
+        """All remaining rounds, then the final evaluation, checkpoint and bundle. A stop request
+        (``server.stopping.STOP``) ends the run after a checkpoint with :class:`RunInterrupted`, before
+        the final outputs."""
         sim = self.config.simulate
         if self.strategy is None:
             self.strategy = self.new_strategy(query_initial_weights(grid, self.task_config, sim.host_timeout_s))
@@ -236,12 +242,15 @@ class SimulationRun:
         with progress:
             task = progress.add_task("rounds", total=sim.rounds, completed=done)
             for rnd in range(self.next_round, sim.rounds + 1):
+                if STOP.requested:
+                    self.stopped = "request"
+                    break
                 if self.strategy.budget_exhausted():
                     self.stopped = "privacy budget"
                     log.warning("stopping before round %d: the central DP budget would be exceeded", rnd)
                     break
                 messages = list(self.strategy.configure_train(rnd, self.strategy.arrays(), ConfigRecord(), grid))
-                replies = list(grid.send_and_receive(messages, timeout=sim.host_timeout_s)) if messages else []
+                replies = exchange(grid, messages, sim.host_timeout_s, self.checkpointed)
                 self.hosts.observe(replies)
                 record = self.strategy.aggregate_round(rnd, replies)
                 recall = None
@@ -259,6 +268,8 @@ class SimulationRun:
                 if not self.settings.progress:
                     log.info("round %d/%d: %s", rnd, sim.rounds, summary)
         self.checkpoint(done, wall_s)
+        if self.stopped == "request":
+            raise RunInterrupted(done)
         self.finish(grid, done)
 
     def finish(self, grid: Grid, done: int) -> None:

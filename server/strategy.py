@@ -67,6 +67,7 @@ from fedkey.protocol.pipeline import DecodedUpdate, decode
 from fedkey.server.fleet import Fleet, IdArray
 from fedkey.server.optimizers import ServerOptimizer, ServerOptimizerSettings
 from fedkey.server.sampling import sample_poisson, sample_uniform
+from fedkey.server.stopping import exchange
 
 if TYPE_CHECKING:  # dp-accounting and scipy (~45 MB) load only in runs with DP
     from fedkey.privacy.accountant import CentralDpAccountant
@@ -503,7 +504,7 @@ def query_initial_weights(grid: Grid, task_config: Mapping[str, ConfigRecordValu
         raise StrategyError("no phone host (Flower node) is connected to ask for the initial weights")
     content = RecordDict({CONFIG_KEY: ConfigRecord(dict(task_config))})
     message = Message(content=content, message_type=f"{MessageType.QUERY}.initial_weights", dst_node_id=nodes[0])
-    reply = _only_reply(grid.send_and_receive([message], timeout=timeout_s), "the initial-weights query")
+    reply = _only_reply(exchange(grid, [message], timeout_s, resumable_after=0), "the initial-weights query")
     return reply.content.array_records[ARRAYS_KEY][WEIGHTS_KEY].numpy().astype(np.float32)
 
 

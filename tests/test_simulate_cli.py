@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from simulate_helpers import TINY, run_fedkey
+from simulate_helpers import FEDKEY, TINY, run_fedkey
 from typer.testing import CliRunner
 
 from fedkey.cli import app
 from fedkey.config import load_config, to_toml
+from fedkey.models.checkpoint_file import CheckpointFile
 from fedkey.models.manifest import load_bundle
 from fedkey.server.app import METRIC_KEYS
 
@@ -92,3 +97,42 @@ def test_docs_describe_every_simulate_setting():
         assert name in doc, name
     for key in METRIC_KEYS:
         assert key in doc, key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_signal_stops_the_run_resumably_and_resume_finishes_it(prepared, tmp_path: Path, how: str):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) lets the round in progress finish;
+    SIGTERM stops at once. Either way the run exits promptly with 130, its folder holds the checkpoint
+    of the last round in metrics.jsonl and no final outputs, and --resume completes it."""
+    out = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith("simulate.rounds")]
+    args = ["simulate", "--data", str(prepared.root), "--out", str(out), *sets(*overrides)]
+    proc = subprocess.Popen(
+        [FEDKEY, *args, "--rounds", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not get going"
+        time.sleep(0.2)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)  # before, Ctrl-C left it waiting on its hosts for an hour
+    assert proc.returncode == 130, output[-2000:]
+    rounds = [json.loads(line)["round"] for line in metrics.read_text().splitlines()]
+    assert 2 <= len(rounds) < 60 and rounds == list(range(1, len(rounds) + 1))
+    assert f"stopped after round {rounds[-1]}: continue with fedkey simulate --out {out} --resume" in output
+    assert CheckpointFile.load(out / "checkpoint.pt").meta["round"] == rounds[-1]
+    assert not (out / "final.json").exists() and not (out / "report.html").exists()
+    run_fedkey(*args, "--rounds", "60", "--resume")
+    rounds = [json.loads(line)["round"] for line in metrics.read_text().splitlines()]
+    assert rounds == list(range(1, 61))
+    assert json.loads((out / "final.json").read_text())["rounds"] == 60
