@@ -72,15 +72,24 @@ class LocalGrid:
         }
         self.tamper = tamper
         self.sent: list[Message] = []
+        self.replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Runs each message's ClientApp at once; its reply waits for :meth:`pull_messages`."""
+        ids = []
         for i, msg in enumerate(messages):
             msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}-{i}"
             self.sent.append(msg)
             reply = phone_host.app(msg, self.contexts[msg.metadata.dst_node_id])
-            replies.append(self.tamper(reply) if self.tamper else reply)
-        return replies
+            self.replies[msg.metadata.message_id] = self.tamper(reply) if self.tamper else reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
