@@ -247,6 +247,7 @@ def _local_text(cfg: FedkeyConfig) -> str:
         f"{work}, batch {sim.local_batch_size}, SGD lr {sim.local_lr:g} ({sim.local_lr_schedule}), "
         f"gradient clip {sim.local_grad_clip:g}, "
         f"≤ {sim.max_messages_per_phone or 'all'} messages per phone ({sim.message_selection}), "
+        f"updates weighted by the windows {'cached' if sim.update_weight == 'cached' else 'trained'}, "
         f"engine {sim.local_engine}"
     )
 
