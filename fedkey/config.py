@@ -194,6 +194,13 @@ class SimulateConfig(_Strict):
     start_time_utc_s: float = Field(
         0.0, ge=0, description="simulated UTC time (seconds) at round 1; availability follows the clock"
     )
+    round_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="pace steering: simulated seconds from one round's start to the next (a longer round "
+        "starts the next when it closes); 0 = back to back. A run should span the day so that every "
+        "time zone's phones become eligible",
+    )
     host_timeout_s: float = Field(
         3600.0, gt=0, description="wall seconds the server waits for the phone hosts' replies in a round"
     )

@@ -28,6 +28,7 @@ from fedkey.plots import figure_png, plot_series, read_jsonl
 REPORT = "report.html"
 REFERENCE = "reference.json"
 RECALLS = ("recall@1", "recall@3")
+DAY_S = 24 * 3600
 
 
 class NotARunFolderError(FileNotFoundError):
@@ -209,7 +210,7 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
     epsilon = final["epsilon"] if final is not None else rows[-1]["epsilon"]
     delta = final["delta"] if final is not None else rows[-1]["delta"]
     rows_out += [
-        ("simulated time", f"{sim_s / 3600:.2f} h"),
+        ("simulated time", _span_text(sim_s)),
         ("wall time (rounds)", f"{rows[-1]['wall_time_s']:.0f} s"),
         ("bytes uploaded", f"{sum(r['bytes_up'] for r in rows) / 1e6:.1f} MB"),
         ("bytes downloaded", f"{sum(r['bytes_down'] for r in rows) / 1e6:.1f} MB"),
@@ -225,6 +226,16 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
         ("seed", str(sim.seed)),
     ]
     return rows_out
+
+
+def _span_text(sim_s: float) -> str:
+    text = f"{sim_s / 3600:.2f} h"
+    if sim_s < DAY_S:
+        text += (
+            " (less than a day: phones whose eligible hours fall outside the run never train;"
+            " simulate.round_interval_s paces the rounds)"
+        )
+    return text
 
 
 def _model_text(cfg: FedkeyConfig, final: dict[str, Any] | None) -> str:

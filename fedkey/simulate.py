@@ -243,6 +243,7 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         min_reports=sim.min_reports,
         seed=sim.seed,
         start_time_utc_s=sim.start_time_utc_s,
+        round_interval_s=sim.round_interval_s,
         upload_estimate_bytes=float(upload),
         optimizer=ServerOptimizerSettings(**config.simulate.optimizer.model_dump()),
         central_dp=dp,

@@ -29,7 +29,9 @@ depend on reply order):
   recorded with the ``privacy`` accountant, and no round starts that would pass the ε budget.
 
 The server optimizer (FedAvg / FedAvgM / FedAdam / FedYogi) then moves the global weights, and the
-simulated clock advances by the round's duration. Everything is deterministic from the run seed.
+simulated clock advances by the round's duration, or by ``round_interval_s`` when that is longer (pace
+steering, Bonawitz et al. 2019: the server paces rounds, so a run spans the day and the phones of every
+time zone become eligible in turn). Everything is deterministic from the run seed.
 
 The server holds the weights as a numpy vector and no model code: ``configure_evaluate`` sends one
 ``evaluate`` message to a phone host, which evaluates the weights on held-out users, and
@@ -64,7 +66,7 @@ from fedkey.privacy.config import CentralDpConfig
 from fedkey.privacy.mechanisms import clip_rows
 from fedkey.protocol.errors import WireFormatError
 from fedkey.protocol.pipeline import DecodedUpdate, decode
-from fedkey.server.fleet import Fleet, IdArray
+from fedkey.server.fleet import Fleet, IdArray, RoundOutcome
 from fedkey.server.optimizers import ServerOptimizer, ServerOptimizerSettings
 from fedkey.server.sampling import sample_poisson, sample_uniform
 from fedkey.server.stopping import exchange
@@ -101,6 +103,7 @@ class FleetStrategySettings:
     min_reports: int = 1
     seed: int = 0
     start_time_utc_s: float = 0.0
+    round_interval_s: float = 0.0  # pace steering: a round starts this long after the last one started
     upload_estimate_bytes: float = 0.0
     optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
     central_dp: CentralDpConfig | None = None
@@ -111,6 +114,8 @@ class FleetStrategySettings:
     def __post_init__(self) -> None:
         if self.cohort_size < 1 or self.min_reports < 1 or self.deadline_s <= 0:
             raise StrategyError("cohort_size and min_reports must be >= 1 and deadline_s > 0")
+        if self.round_interval_s < 0:
+            raise StrategyError("round_interval_s must be >= 0")
         if self.sampling == "poisson" and self.poisson_rate is None:
             raise StrategyError("Poisson sampling needs poisson_rate")
 
@@ -228,13 +233,10 @@ class FleetStrategy(Strategy):
             )
         return self._epsilons[total]
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Select, simulate reporting, and build one message per phone host for the reporting phones."""
+    def simulate_reporting(self, server_round: int) -> RoundOutcome:
+        """Who is eligible at the simulated time, who is selected, and who reports by the round's close.
+        Trains nothing and leaves the clock alone (see :meth:`advance_clock`)."""
         s = self.settings
-        if self.budget_exhausted():
-            raise StrategyError(f"round {server_round}: the central DP budget is exhausted")
         now = s.start_time_utc_s + self.elapsed_s
         eligible = self.fleet.eligible_ids(now)
         if s.sampling == "uniform":
@@ -246,15 +248,28 @@ class FleetStrategy(Strategy):
             assert s.poisson_rate is not None
             selected = sample_poisson(eligible, s.poisson_rate, seed=s.seed, round_idx=server_round)
             target = None
-        model_bytes = 4 * self.dim
-        outcome = self.fleet.simulate_round(
+        return self.fleet.simulate_round(
             selected,
             round_idx=server_round,
             deadline_s=s.deadline_s,
-            download_bytes=model_bytes,
+            download_bytes=4 * self.dim,
             upload_bytes=s.upload_estimate_bytes,
             target_reports=target,
         )
+
+    def advance_clock(self, close_s: float) -> None:
+        """Move the simulated clock to the next round's start (pace steering: at least the interval)."""
+        self.elapsed_s += max(close_s, self.settings.round_interval_s)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Select, simulate reporting, and build one message per phone host for the reporting phones."""
+        s = self.settings
+        if self.budget_exhausted():
+            raise StrategyError(f"round {server_round}: the central DP budget is exhausted")
+        outcome = self.simulate_reporting(server_round)
+        model_bytes = 4 * self.dim
         reporting = np.sort(np.asarray(outcome.ids[outcome.reported], dtype=np.int64))
         nodes = sorted(grid.get_node_ids())
         if reporting.size and not nodes:
@@ -365,7 +380,7 @@ class FleetStrategy(Strategy):
             self.participation[r.phone_id] = self.participation.get(r.phone_id, 0) + 1
         if updated:
             self.model_version += 1
-        self.elapsed_s += plan.close_s
+        self.advance_clock(plan.close_s)
         examples = sum(r.examples for r in accepted)
         loss = sum(r.loss * r.examples for r in accepted) / examples if examples else None
         epsilon, delta = self.privacy_spent()

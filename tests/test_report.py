@@ -102,6 +102,13 @@ def test_report_without_dp_says_so(prepared, tmp_path: Path):
     page = write_report(out).read_text()
     assert "no DP" in page and "Privacy spent" not in page
     assert page.count("<img") == 5
+    assert "less than a day: phones whose eligible hours fall outside the run never train" in page
+
+
+def test_report_of_a_run_paced_over_more_than_a_day_has_no_coverage_warning(prepared, tmp_path: Path):
+    out = simulate_in_process(prepared, tmp_path / "run", "simulate.rounds=1", "simulate.round_interval_s=90000")
+    page = write_report(out).read_text()
+    assert "25.00 h" in page and "less than a day" not in page
 
 
 def test_report_command_regenerates_and_refuses_a_non_run_folder(prepared, tmp_path: Path):

@@ -11,6 +11,7 @@ import torch
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from simulate_helpers import LocalGrid, tiny_config
 
+from fedkey.coverage import schedule_coverage
 from fedkey.device_sim.federated_data import FederatedData, sample_messages
 from fedkey.device_sim.phone_host import EvalTask, HostTask
 from fedkey.models.cifg_lstm import initial_weights, model_from_weights
@@ -50,6 +51,30 @@ def test_over_selection_goal_count_and_only_reporting_phones_train(prepared):
     assert len(messages) == 2  # one message per phone host, each listing several phones
     assert len(phones_sent(messages)) == record.reported == record.accepted
     assert record.model_updated and record.rejected == 0
+
+
+def test_pace_steering_spaces_rounds_by_the_interval_unless_a_round_runs_longer(prepared):
+    paced = strategy_for(prepared, "simulate.cohort_size=5", "simulate.round_interval_s=3600")
+    for rnd in (1, 2):
+        record, _ = run_round(paced, LocalGrid(), rnd)
+        assert record.sim_time_s == pytest.approx(3600 * rnd)
+    short = strategy_for(prepared, "simulate.cohort_size=5", "simulate.round_interval_s=0.001")
+    record, _ = run_round(short, LocalGrid(), 1)
+    assert record.sim_time_s > 1  # the round itself took longer than the interval
+
+
+@pytest.mark.parametrize("interval", [0, 3600])
+def test_schedule_coverage_replays_the_rounds_a_run_makes(prepared, interval):
+    overrides = ("simulate.cohort_size=4", "simulate.over_selection=1.5", f"simulate.round_interval_s={interval}")
+    strategy = strategy_for(prepared, *overrides)
+    for rnd in (1, 2, 3):
+        run_round(strategy, LocalGrid(), rnd)
+    coverage = schedule_coverage(build_setup(tiny_config(*overrides), prepared.root), rounds=3)
+    assert {i: int(n) for i, n in enumerate(coverage.reports) if n} == strategy.participation
+    assert coverage.span_s == pytest.approx(strategy.elapsed_s)
+    never = coverage.reports == 0
+    assert 0 < coverage.phones_never == never.sum() < len(never)
+    assert coverage.text_never == pytest.approx(coverage.text[never].sum() / coverage.text.sum())
 
 
 def test_tight_deadline_makes_stragglers_and_a_shorter_round(prepared):
