@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import BaseModel
 
 from fedkey.cli_common import ConfigOption, SetOption, console, user_errors
 from fedkey.config import SimulateConfig, load_run_config, to_toml
+
+if TYPE_CHECKING:
+    from fedkey.simulate import SimulationSetup
 
 
 def settings_help(section: str, model: type[BaseModel]) -> list[str]:
@@ -71,6 +74,14 @@ def simulate_command(
         int | None, typer.Option(help="Reports per round, the goal count (simulate.cohort_size).", min=1)
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            help="Train nothing and write nothing: replay the run's selection and reporting (the same draws) "
+            "and print who would report: the simulated span, reports per round, phones that never report "
+            "and their share of the text."
+        ),
+    ] = False,
 ) -> None:
     """Federated training of the keyboard model over a simulated phone fleet: a Flower ServerApp with
     sampling, over-selection, deadlines and per-phone update decoding; phone hosts (virtual SuperNodes)
@@ -91,7 +102,10 @@ def simulate_command(
         cfg = load_run_config(out, config, resume, [*(set_ or []), *flags()])
     with user_errors():
         data_dir = ensure_data(data, cfg)
-        build_setup(cfg, data_dir)  # refuse a configuration that cannot work before Flower starts
+        setup = build_setup(cfg, data_dir)  # refuse a configuration that cannot work before Flower starts
+    if plan:
+        print_plan(setup)
+        return
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(to_toml(cfg))
     run_config = {
@@ -125,3 +139,20 @@ def simulate_command(
         f"final.json{', bundle/' if cfg.simulate.export_bundle else ''}, report.html)"
     )
     console.print(f"report: {out / REPORT}")
+
+
+def print_plan(setup: SimulationSetup) -> None:
+    """The schedule's reach (fedkey.coverage), as `fedkey simulate --plan` prints it."""
+    from fedkey.coverage import schedule_coverage
+
+    c = schedule_coverage(setup)
+    sim = setup.config.simulate
+    phones = len(c.reports)
+    console.print(
+        f"{c.rounds} rounds span {c.span_s / 3600:.1f} simulated hours "
+        f"(simulate.round_interval_s = {sim.round_interval_s:g} s); {c.reports_per_round:.1f} reports per round"
+    )
+    console.print(
+        f"{phones - c.phones_never} of {phones} phones report at least once, {int(c.reports.max())} times at most; "
+        f"the {c.phones_never} that never report hold {c.text_never:.1%} of the training text"
+    )

@@ -67,6 +67,24 @@ def test_cli_refuses_an_impossible_cohort_before_starting_flower(prepared, tmp_p
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("interval", [0, 7200])
+def test_plan_prints_who_would_report_and_writes_nothing(prepared, tmp_path: Path, interval: int):
+    from fedkey.coverage import schedule_coverage
+    from fedkey.simulate import build_setup
+
+    overrides = [*TINY, f"simulate.round_interval_s={interval}"]
+    args = ["simulate", "--data", str(prepared.root), "--out", str(tmp_path / "r"), "--plan", *sets(*overrides)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "r").exists()
+    c = schedule_coverage(build_setup(load_config(None, overrides), prepared.root))
+    assert f"span {c.span_s / 3600:.1f} simulated hours" in result.output
+    assert f"{len(c.reports) - c.phones_never} of {len(c.reports)} phones report at least once" in result.output
+    assert f"hold {c.text_never:.1%} of the training text" in result.output
+    if interval:
+        assert c.span_s >= interval * (c.rounds - 1)
+
+
 def test_cli_refuses_to_resume_a_run_folder_missing_a_setting(prepared, tmp_path: Path):
     run = tmp_path / "r"
     run.mkdir()
