@@ -126,7 +126,7 @@ def simulate_command(
             )
         else:
             console.print("[yellow]stopped[/] before the first round ended: nothing to resume")
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + stop.signal) from None  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     final = json.loads((out / "final.json").read_text())
     held = final["held_out_users"]
     console.print(

@@ -410,11 +410,14 @@ def start_local_ray(config: FedkeyConfig) -> None:
 def stop_on_signals() -> Iterator[None]:
     """While running: the first Ctrl-C (SIGINT) asks the ServerApp to stop after the round in progress
     (it is checkpointed), a second one or SIGTERM to stop now (``server.stopping``); the run then ends
-    with ``RunInterrupted``. Installed after Ray started, so SIGTERM reaches this handler rather than
-    Ray's fatal-signal printer; the previous handlers come back afterwards."""
-    from fedkey.server.stopping import STOP
+    with ``RunInterrupted`` carrying the last signal. Installed after Ray started, so SIGTERM reaches
+    this handler rather than Ray's fatal-signal printer; the previous handlers come back afterwards."""
+    from fedkey.server.stopping import STOP, RunInterrupted
+
+    received: list[signal.Signals] = []
 
     def handle(signum: int, frame: object) -> None:
+        received.append(signal.Signals(signum))
         if signum == signal.SIGINT and not STOP.requested:
             STOP.after_round()
             print("\nstopping after the round in progress (Ctrl-C again to stop now)", file=sys.stderr)
@@ -425,6 +428,10 @@ def stop_on_signals() -> Iterator[None]:
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except RunInterrupted as stop:
+        if received:
+            stop.signal = received[-1]
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

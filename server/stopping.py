@@ -12,6 +12,7 @@ run folder can be resumed after.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ class RunInterrupted(Exception):
     def __init__(self, resumable_after: int) -> None:
         super().__init__(f"stopped on request; the run folder can be resumed after round {resumable_after}")
         self.resumable_after = resumable_after
+        self.signal = signal.SIGINT  # the signal that asked for the stop, when one did (exit code 128 + it)
 
 
 class StopRequest:

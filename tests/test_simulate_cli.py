@@ -121,7 +121,7 @@ def test_docs_describe_every_simulate_setting():
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_a_signal_stops_the_run_resumably_and_resume_finishes_it(prepared, tmp_path: Path, how: str):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) lets the round in progress finish;
-    SIGTERM stops at once. Either way the run exits promptly with 130, its folder holds the checkpoint
+    SIGTERM stops at once. Either way the run exits promptly (130 / 143), its folder holds the checkpoint
     of the last round in metrics.jsonl and no final outputs, and --resume completes it."""
     out = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith("simulate.rounds")]
@@ -144,7 +144,7 @@ def test_a_signal_stops_the_run_resumably_and_resume_finishes_it(prepared, tmp_p
     else:
         proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)  # before, Ctrl-C left it waiting on its hosts for an hour
-    assert proc.returncode == 130, output[-2000:]
+    assert proc.returncode == (130 if how == "ctrl-c" else 143), output[-2000:]
     rounds = [json.loads(line)["round"] for line in metrics.read_text().splitlines()]
     assert 2 <= len(rounds) < 60 and rounds == list(range(1, len(rounds) + 1))
     assert f"stopped after round {rounds[-1]}: continue with fedkey simulate --out {out} --resume" in output
