@@ -15,10 +15,13 @@ from fedkey.cli_simulate import simulate_command
 #: off): the small model; 200 reports a round (260 phones selected); each phone makes 2 passes over its
 #: data in batches of 4 (about 20 SGD steps: with the default 1 pass in batches of 16, ~3 steps, 12 rounds
 #: only reach the unigram's recall); server momentum 0.7 (0.9 overshoots with these larger updates);
-#: held-out evaluation every 2 rounds, the final one on 10,000 word positions.
+#: held-out evaluation every 2 rounds, the final one on 10,000 word positions; rounds paced 2 simulated
+#: hours apart, so the 12 span a day and reach the phones of every time zone (back to back they span
+#: minutes and train the same 247 phones every round: `fedkey simulate --plan`).
 DEMO_SETTINGS = (
     'model.preset="small"',
     "simulate.rounds=12",
+    "simulate.round_interval_s=7200",
     "simulate.cohort_size=200",
     "simulate.local_batch_size=4",
     "simulate.local_epochs=2",

@@ -22,6 +22,7 @@ def test_demo_preset_is_chitchat_small_model_hundreds_of_phones_compressed_witho
     assert cfg.central_dp is None and cfg.pipeline.noise() is None
     assert cfg.pipeline.kinds() == ["top_k", "quantize"]
     assert cfg.simulate.eval_every and cfg.simulate.rounds >= 4 * cfg.simulate.eval_every  # a visible curve
+    assert cfg.simulate.rounds * cfg.simulate.round_interval_s >= 24 * 3600  # every time zone's night
 
 
 def test_demo_help_lists_the_preset():
