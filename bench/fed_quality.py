@@ -163,7 +163,8 @@ def write_section(text: str) -> None:
     path = ROOT / "docs" / "results.md"
     doc = path.read_text()
     pattern = re.compile(re.escape(text.splitlines()[0]) + r"\n.*?(?=\n## |\Z)", re.S)
-    doc = pattern.sub(lambda _: text.rstrip("\n"), doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text
+    block = text.rstrip("\n") + "\n"  # a blank line before the next section's heading
+    doc = pattern.sub(lambda _: block, doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + block
     path.write_text(doc.rstrip("\n") + "\n")
 
 
