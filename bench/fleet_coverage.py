@@ -65,7 +65,7 @@ def main() -> None:
         "(`simulate.over_selection` = 1.3) then still cuts the slowest reports of every round, and phones that",
         "are slow every time never report; with `over_selection` = 1.0 the deadline (300 s) alone closes a round.",
         "",
-        "| schedule | settings | pipeline | simulated span | reports / round | phones never reporting "
+        "| schedule | settings | pipeline | simulated span | reports / round (fewest–most) | phones never reporting "
         "| their share of the text | most reports by one phone |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -76,7 +76,8 @@ def main() -> None:
             c = schedule_coverage(build_setup(config, args.data), rounds)
             settings = ", ".join(f"`{s}`" for s in schedule) or "defaults"
             lines.append(
-                f"| {name} | {settings} | {pipeline} | {c.span_s / 3600:.1f} h | {c.reports_per_round:.1f} | "
+                f"| {name} | {settings} | {pipeline} | {c.span_s / 3600:.1f} h | {c.reports_per_round:.1f} "
+                f"({c.per_round.min()}–{c.per_round.max()}) | "
                 f"{c.phones_never} of {len(c.reports)} | {c.text_never:.1%} | {int(c.reports.max())} |"
             )
             if pipeline == "compressed":

@@ -150,7 +150,8 @@ def print_plan(setup: SimulationSetup) -> None:
     phones = len(c.reports)
     console.print(
         f"{c.rounds} rounds span {c.span_s / 3600:.1f} simulated hours "
-        f"(simulate.round_interval_s = {sim.round_interval_s:g} s); {c.reports_per_round:.1f} reports per round"
+        f"(simulate.round_interval_s = {sim.round_interval_s:g} s); {c.reports_per_round:.1f} reports per round "
+        f"({int(c.per_round.min())}-{int(c.per_round.max())})"
     )
     console.print(
         f"{phones - c.phones_never} of {phones} phones report at least once, {int(c.reports.max())} times at most; "

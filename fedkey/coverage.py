@@ -32,6 +32,7 @@ class Coverage:
     span_s: float
     reports: np.ndarray  # int64, one entry per phone: rounds in which it reported
     text: np.ndarray  # messages each phone holds for training (its real user's)
+    per_round: np.ndarray  # int64, one entry per round: phones that reported
 
     @property
     def phones_never(self) -> int:
@@ -44,7 +45,7 @@ class Coverage:
 
     @property
     def reports_per_round(self) -> float:
-        return float(self.reports.sum() / self.rounds)
+        return float(self.per_round.mean())
 
 
 def schedule_coverage(setup: SimulationSetup, rounds: int | None = None) -> Coverage:
@@ -55,11 +56,13 @@ def schedule_coverage(setup: SimulationSetup, rounds: int | None = None) -> Cove
     dim = setup.model_config.num_parameters()
     strategy = FleetStrategy(setup.strategy_settings, setup.fleet, np.zeros(dim, np.float32), {})
     reports = np.zeros(setup.fleet.size, np.int64)
+    per_round = np.zeros(rounds, np.int64)
     for server_round in range(1, rounds + 1):
         outcome = strategy.simulate_reporting(server_round)
         reports[outcome.ids[outcome.reported]] += 1
+        per_round[server_round - 1] = np.sum(outcome.reported)
         strategy.advance_clock(outcome.close_s)
     population = setup.fleet.population
     messages = np.array([len(u.messages) for u in setup.data.train_users], np.int64)
     text = messages[population.user_of(np.arange(population.size))]
-    return Coverage(rounds=rounds, span_s=strategy.elapsed_s, reports=reports, text=text)
+    return Coverage(rounds=rounds, span_s=strategy.elapsed_s, reports=reports, text=text, per_round=per_round)

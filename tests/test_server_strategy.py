@@ -67,9 +67,11 @@ def test_pace_steering_spaces_rounds_by_the_interval_unless_a_round_runs_longer(
 def test_schedule_coverage_replays_the_rounds_a_run_makes(prepared, interval):
     overrides = ("simulate.cohort_size=4", "simulate.over_selection=1.5", f"simulate.round_interval_s={interval}")
     strategy = strategy_for(prepared, *overrides)
+    records = []
     for rnd in (1, 2, 3):
-        run_round(strategy, LocalGrid(), rnd)
+        records.append(run_round(strategy, LocalGrid(), rnd)[0])
     coverage = schedule_coverage(build_setup(tiny_config(*overrides), prepared.root), rounds=3)
+    assert list(coverage.per_round) == [r.reported for r in records]
     assert {i: int(n) for i, n in enumerate(coverage.reports) if n} == strategy.participation
     assert coverage.span_s == pytest.approx(strategy.elapsed_s)
     never = coverage.reports == 0

@@ -79,6 +79,7 @@ def test_plan_prints_who_would_report_and_writes_nothing(prepared, tmp_path: Pat
     assert not (tmp_path / "r").exists()
     c = schedule_coverage(build_setup(load_config(None, overrides), prepared.root))
     assert f"span {c.span_s / 3600:.1f} simulated hours" in result.output
+    assert f"({c.per_round.min()}-{c.per_round.max()})" in result.output
     assert f"{len(c.reports) - c.phones_never} of {len(c.reports)} phones report at least once" in result.output
     assert f"hold {c.text_never:.1%} of the training text" in result.output
     if interval:
