@@ -194,7 +194,7 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
         rows_out += [
             ("held-out recall@1 (final model)", f"{held['recall@1']:.4f}"),
             ("held-out recall@3 (final model)", f"{held['recall@3']:.4f}"),
-            ("evaluated on", f"{int(held['positions'])} word positions of all held-out users"),
+            ("evaluated on", _positions_text(int(held["positions"]), cfg.eval.max_positions)),
             ("rounds", f"{final['rounds']} of {sim.rounds} (stopped by {final['stopped_by']})"),
         ]
     else:
@@ -226,6 +226,12 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
         ("seed", str(sim.seed)),
     ]
     return rows_out
+
+
+def _positions_text(positions: int, cap: int) -> str:
+    if cap and positions >= cap:  # limit_positions takes the first ones, users in the data folder's order
+        return f"the first {positions} word positions of the held-out users (eval.max_positions)"
+    return f"{positions} word positions: all of the held-out users"
 
 
 def _span_text(sim_s: float) -> str:

@@ -90,6 +90,7 @@ def test_report_of_a_dp_run_has_every_plot_and_the_summary(dp_run: Path):
     assert page.count("<img") == 6  # recall x3, loss, ε, participation
     assert "Privacy spent: central DP-FedAvg ε at δ = 1e-05" in page
     assert f"{final['held_out_users']['recall@1']:.4f}" in page
+    assert "the first 60 word positions of the held-out users" in page  # eval.max_positions=60 caps it
     assert "3 of 3 (stopped by rounds)" in page
     assert "reference: trigram" in page
     assert "top_k(fraction=0.1) → quantize(bits=4, chunk=512)" in page
@@ -101,14 +102,19 @@ def test_report_without_dp_says_so(prepared, tmp_path: Path):
     out = simulate_in_process(prepared, tmp_path / "run", "simulate.rounds=1")
     page = write_report(out).read_text()
     assert "no DP" in page and "Privacy spent" not in page
+    assert "the first 60 word positions" in page
     assert page.count("<img") == 5
     assert "less than a day: phones whose eligible hours fall outside the run never train" in page
 
 
 def test_report_of_a_run_paced_over_more_than_a_day_has_no_coverage_warning(prepared, tmp_path: Path):
-    out = simulate_in_process(prepared, tmp_path / "run", "simulate.rounds=1", "simulate.round_interval_s=90000")
+    out = simulate_in_process(
+        prepared, tmp_path / "run", "simulate.rounds=1", "simulate.round_interval_s=90000", "eval.max_positions=0"
+    )
     page = write_report(out).read_text()
     assert "25.00 h" in page and "less than a day" not in page
+    positions = json.loads((out / "final.json").read_text())["held_out_users"]["positions"]
+    assert f"{int(positions)} word positions: all of the held-out users" in page
 
 
 def test_report_command_regenerates_and_refuses_a_non_run_folder(prepared, tmp_path: Path):
