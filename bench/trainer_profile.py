@@ -25,10 +25,12 @@ of measurements taken before and after the runs.
 
     .venv/bin/python bench/trainer_profile.py [--quick] [--phones N]
 
-Last line: ``RESULT trainer_peak_frac=… speedup_vs_plain=… softmax_mm_frac=… recurrence_mm_frac=…
-other_share=…`` (speedup_vs_plain: CPU time of sim_throughput's plain torch loop on the same phones over
-the trainer's; the matmul parts' GFLOP/s as fractions of the peak; other_share: elementwise and other,
-of all CPU time).
+Last line: ``RESULT trainer_peak_frac=… matmul_only_frac=… speedup_vs_plain=… softmax_mm_frac=…
+recurrence_mm_frac=… other_share=…`` (matmul_only_frac: the trainer's useful GFLOP/s over its matmul time
+alone, as a fraction of the peak: the most it could reach if everything but its matmuls took no time;
+speedup_vs_plain: CPU time of sim_throughput's plain torch loop on the same phones over the trainer's;
+the matmul parts' GFLOP/s as fractions of the peak; other_share: elementwise and other, of all CPU
+time).
 """
 
 from __future__ import annotations
@@ -147,8 +149,12 @@ def main() -> None:
         frac[part] = part_rate / peak
         shown = f"{part_rate:8.1f} {frac[part]:7.0%}" if flops[part] else f"{'-':>8} {'-':>7}"
         print(f"{part:24} {seconds[part] / cpu_s:6.0%} {calls[part]:7d} {shown}")
+    # the bound the matmuls alone set: the rate if everything else took no time at all
+    matmul_only = useful / (seconds["softmax matmuls"] + seconds["recurrence matmuls"]) / 1e9
+    print(f"with nothing but its matmuls: {matmul_only:.1f} GFLOP/s = {matmul_only / peak:.0%} of peak")
     print(
-        f"RESULT trainer_peak_frac={rate / peak:.2f} speedup_vs_plain={plain_s / cpu_s:.2f} "
+        f"RESULT trainer_peak_frac={rate / peak:.2f} matmul_only_frac={matmul_only / peak:.2f} "
+        f"speedup_vs_plain={plain_s / cpu_s:.2f} "
         f"softmax_mm_frac={frac['softmax matmuls']:.2f} "
         f"recurrence_mm_frac={frac['recurrence matmuls']:.2f} "
         f"other_share={seconds['elementwise and other'] / cpu_s:.2f}"

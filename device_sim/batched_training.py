@@ -23,8 +23,10 @@ Where the time goes and what is done about it (default model, 2-core CPU, one th
   :func:`_recurrence` computes the input projection of all steps in one matmul and keeps only the
   recurrent products in the step loop, and takes every tanh as ``2 sigmoid(2 z) - 1`` (one sigmoid over
   the three gates; torch's CPU tanh is ~5x slower than its sigmoid); :func:`_recurrence_backward`
-  computes the gates' local derivatives for all steps at once, leaving three elementwise ops per step,
+  computes the gates' local derivatives for all steps at once, leaving five elementwise ops per step,
   and takes the weight gradients of all steps in one matmul each instead of two small ones per step.
+  Per-step views are taken up front, and the backward's products use contiguous transposes of the
+  recurrent weights (MKL ran these shapes 1.5-1.7x slower on transposed views).
 - Every SGD step touches all D = 1.25M weights (the tied softmax gives every embedding row a
   gradient), so passes over D count. :func:`phone_gradients` writes the backward out instead of using
   autograd: each gradient lands in its slice of one preallocated [P, D] buffer (no per-parameter
@@ -79,10 +81,11 @@ def group_size(config: ModelConfig, batch_size: int, seq_len: int, budget_bytes:
     return max(1, budget_bytes // per_phone)
 
 
-def _sigmoid_tanh(z: Tensor, out: Tensor) -> Tensor:
+def _sigmoid_tanh(z: Tensor, minus_one: Tensor, out: Tensor) -> Tensor:
     """tanh(z) as 2 * sigmoid(2 z) - 1, written into ``out``: torch's CPU tanh is about 5x slower than its
-    sigmoid on the cell's [B, H] tensors; the two agree to float rounding (absolute error ~1e-7)."""
-    return torch.mul(z, 2.0, out=out).sigmoid_().mul_(2.0).sub_(1.0)
+    sigmoid on the cell's [B, H] tensors; the two agree to float rounding (absolute error ~1e-7).
+    ``minus_one`` (-1 in out's shape) makes the last two operations one ``add``."""
+    return torch.add(minus_one, torch.mul(z, 2.0, out=out).sigmoid_(), alpha=2.0, out=out)
 
 
 def _recurrence(xw: Tensor, w_h: Tensor, w_proj: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -90,7 +93,9 @@ def _recurrence(xw: Tensor, w_h: Tensor, w_proj: Tensor) -> tuple[Tensor, tuple[
 
     Input ``xw`` [P, T, B, 3H] is the input projection ``x @ w_x + b`` of every step, computed outside
     in one matmul, with its candidate columns doubled (``tanh(z) = 2 sigmoid(2 z) - 1``: one sigmoid over
-    all three gates); per step only the recurrent products remain (``h @ w_h``, ``u @ w_proj``).
+    all three gates); per step only the recurrent products remain (``h @ w_h``, ``u @ w_proj``). The
+    per-step views are taken up front (``unbind``): on tensors this small, indexing each step's slices in
+    the loop cost as much as an elementwise op.
     """
     phones, steps, batch = xw.shape[:3]
     hidden, embed = w_proj.shape[1], w_proj.shape[2]
@@ -100,13 +105,15 @@ def _recurrence(xw: Tensor, w_h: Tensor, w_proj: Tensor) -> tuple[Tensor, tuple[
     cs = xw.new_zeros(phones, steps + 1, batch, hidden)
     s_all = xw.new_empty(phones, steps, batch, 3 * hidden)  # sigmoid of the gates: f, (g + 1) / 2, o
     g_all, tc_all, u_all = (xw.new_empty(phones, steps, batch, hidden) for _ in range(3))
+    minus_one = xw.new_full((phones, batch, hidden), -1.0)
+    xw_t, hs_t, cs_t, s_t, g_t, tc_t, u_t = (a.unbind(1) for a in (xw, hs, cs, s_all, g_all, tc_all, u_all))
+    f_t, mid_t, o_t = (s_all[..., k * hidden : (k + 1) * hidden].unbind(1) for k in range(3))
     for t in range(steps):
-        s = torch.sigmoid(torch.baddbmm(xw[:, t], hs[:, t], w_h2), out=s_all[:, t])
-        f, o = s[..., :hidden], s[..., 2 * hidden :]
-        g = torch.mul(s[..., hidden : 2 * hidden], 2.0, out=g_all[:, t]).sub_(1.0)
-        c = torch.addcmul(g, f, cs[:, t] - g, out=cs[:, t + 1])  # f * c + (1 - f) * g
-        u = torch.mul(o, _sigmoid_tanh(c, tc_all[:, t]), out=u_all[:, t])
-        torch.bmm(u, w_proj, out=hs[:, t + 1])
+        torch.sigmoid(torch.baddbmm(xw_t[t], hs_t[t], w_h2), out=s_t[t])
+        g = torch.add(minus_one, mid_t[t], alpha=2.0, out=g_t[t])
+        c = torch.addcmul(g, f_t[t], cs_t[t] - g, out=cs_t[t + 1])  # f * c + (1 - f) * g
+        u = torch.mul(o_t[t], _sigmoid_tanh(c, minus_one, tc_t[t]), out=u_t[t])
+        torch.bmm(u, w_proj, out=hs_t[t + 1])
     return hs[:, 1:], (w_h, w_proj, hs, cs, s_all, g_all, tc_all, u_all)
 
 
@@ -115,9 +122,9 @@ def _recurrence_backward(saved: tuple[Tensor, ...], grad_out: Tensor, grad_w_h: 
     ``grad_w_h`` and ``grad_w_proj``.
 
     Each gate's local derivative depends on forward values only, so all of them are computed for every
-    step at once before the reverse loop; per step that leaves two products and three elementwise ops
-    on the state gradients. Then the weight gradients of all steps are one batched matmul each, instead
-    of two small matmuls per step.
+    step at once before the reverse loop; per step that leaves two products and five elementwise ops
+    on the state gradients (the per-step views taken up front, as in :func:`_recurrence`). Then the
+    weight gradients of all steps are one batched matmul each, instead of two small matmuls per step.
     """
     w_h, w_proj, hs, cs, s_all, g_all, tc_all, u_all = saved
     phones, steps, batch, hidden = g_all.shape
@@ -125,25 +132,30 @@ def _recurrence_backward(saved: tuple[Tensor, ...], grad_out: Tensor, grad_w_h: 
     f, o = s_all[..., :hidden], s_all[..., 2 * hidden :]
     # d c / d (c's inputs): grad_c += grad_u * o (1 - tanh(c)^2); the carried grad_c is scaled by f
     d_c = o * (1.0 - tc_all * tc_all)
-    # d c / d (forget, candidate pre-activations) side by side, so one product serves both
-    d_fg = torch.stack(((cs[:, :steps] - g_all) * f * (1.0 - f), (1.0 - f) * (1.0 - g_all * g_all)), dim=3)
+    # d c / d (forget, candidate pre-activations)
+    d_f = (cs[:, :steps] - g_all) * f * (1.0 - f)
+    d_g = (1.0 - f) * (1.0 - g_all * g_all)
     d_o = tc_all * o * (1.0 - o)  # d u / d (output-gate pre-activation), times grad_u
     grad_gates = grad_out.new_empty(phones, steps, batch, 3 * hidden)
     grad_h_all = grad_out.new_empty(phones, steps, batch, embed)
-    w_h_t, w_proj_t = w_h.transpose(1, 2), w_proj.transpose(1, 2)
+    # contiguous transposes: MKL's products with a transposed view of these ran 1.5-1.7x slower
+    w_h_t, w_proj_t = w_h.transpose(1, 2).contiguous(), w_proj.transpose(1, 2).contiguous()
     grad_c = grad_out.new_empty(phones, batch, hidden)
     carry = grad_out.new_zeros(phones, batch, hidden)  # grad_c of the next step, times its forget gate
+    out_t, gates_t, h_t = grad_out.unbind(1), grad_gates.unbind(1), grad_h_all.unbind(1)
+    gf_t, gg_t, go_t = (grad_gates[..., k * hidden : (k + 1) * hidden].unbind(1) for k in range(3))
+    d_c_t, d_f_t, d_g_t, d_o_t, f_t = (a.unbind(1) for a in (d_c, d_f, d_g, d_o, f))
     for t in reversed(range(steps)):
         if t == steps - 1:
-            grad_h = grad_h_all[:, t].copy_(grad_out[:, t])
+            grad_h = h_t[t].copy_(out_t[t])
         else:
-            grad_h = torch.baddbmm(grad_out[:, t], grad_gates[:, t + 1], w_h_t, out=grad_h_all[:, t])
+            grad_h = torch.baddbmm(out_t[t], gates_t[t + 1], w_h_t, out=h_t[t])
         grad_u = torch.bmm(grad_h, w_proj_t)
-        torch.addcmul(carry, grad_u, d_c[:, t], out=grad_c)
-        gg = grad_gates[:, t]
-        torch.mul(grad_c.unsqueeze(2), d_fg[:, t], out=gg[..., : 2 * hidden].unflatten(-1, (2, hidden)))
-        torch.mul(grad_u, d_o[:, t], out=gg[..., 2 * hidden :])
-        torch.mul(grad_c, f[:, t], out=carry)
+        torch.addcmul(carry, grad_u, d_c_t[t], out=grad_c)
+        torch.mul(grad_c, d_f_t[t], out=gf_t[t])
+        torch.mul(grad_c, d_g_t[t], out=gg_t[t])
+        torch.mul(grad_u, d_o_t[t], out=go_t[t])
+        torch.mul(grad_c, f_t[t], out=carry)
     rows = steps * batch
     torch.bmm(
         hs[:, :steps].reshape(phones, rows, embed).transpose(1, 2),
@@ -198,7 +210,10 @@ def fused_nll(
         grad_h_p = torch.empty_like(h_p)
         for s in range(0, len(rows), chunk):
             part, t_c = probs[s : s + chunk], t_p[s : s + chunk]
-            torch.softmax(torch.addmm(bias_p, h_p[s : s + chunk], emb_p.t(), out=part), dim=1, out=part)
+            # the bias is added after the product, while the chunk is in cache: addmm would first copy
+            # it, broadcast, into the cold output
+            torch.mm(h_p[s : s + chunk], emb_p.t(), out=part).add_(bias_p)
+            torch.softmax(part, dim=1, out=part)
             torch.gather(part, 1, t_c, out=p_target[s : s + chunk])
             part.scatter_add_(1, t_c, minus_one[: len(t_c)])
             torch.mm(part, emb_p, out=grad_h_p[s : s + chunk])
@@ -363,12 +378,11 @@ def train_phones(
             for j in range(active):  # w -= lr * scale * grad, one pass over each phone's weights
                 w[j].add_(grads[j], alpha=-float(lr_t * scale[j]))
             loss_sum[:active] += step_losses
-        with torch.no_grad():
-            delta = w - start
-            norm = torch.linalg.vector_norm(delta, dim=1)
-            delta *= clip_scale(norm, torch.tensor(delta_clip, dtype=torch.float32))[:, None]
-        for j, i in enumerate(members):
-            deltas[i] = delta[j].numpy()
+        delta_clip_t = torch.tensor(delta_clip, dtype=torch.float32)
+        for j, i in enumerate(members):  # each delta computed and clipped in its row of the output
+            delta = torch.sub(w[j], start, out=torch.from_numpy(deltas[i]))
+            norm = torch.linalg.vector_norm(delta)
+            delta *= clip_scale(norm, delta_clip_t)
             losses[i] = float(loss_sum[j]) / steps[i]
-            norms[i] = float(norm[j])
+            norms[i] = float(norm)
     return PhonesResult(deltas, losses, norms)
