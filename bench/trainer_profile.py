@@ -23,21 +23,28 @@ product), the recurrence's by the profiler (padded positions included: it comput
 trainer's useful rate counts only counted positions, as sim_throughput does. The matmul peak is the best
 of measurements taken before and after the runs.
 
-    .venv/bin/python bench/trainer_profile.py [--quick] [--phones N]
+    .venv/bin/python bench/trainer_profile.py [--quick] [--phones N] [--against REV]
+
+``--against REV`` also trains the same phones with the trainer of an earlier git revision (its
+``device_sim/batched_training.py``), alternately with the current one, best of 4 each: the machine's
+speed drifts by 10-15% over minutes, so a change is judged side by side, not across runs.
 
 Last line: ``RESULT trainer_peak_frac=… matmul_only_frac=… speedup_vs_plain=… softmax_mm_frac=…
-recurrence_mm_frac=… other_share=…`` (matmul_only_frac: the trainer's useful GFLOP/s over its matmul time
-alone, as a fraction of the peak: the most it could reach if everything but its matmuls took no time;
-speedup_vs_plain: CPU time of sim_throughput's plain torch loop on the same phones over the trainer's;
-the matmul parts' GFLOP/s as fractions of the peak; other_share: elementwise and other, of all CPU
-time).
+recurrence_mm_frac=… other_share=… [cpu_vs_against=…]`` (matmul_only_frac: the trainer's useful GFLOP/s
+over its matmul time alone, as a fraction of the peak: the most it could reach if everything but its
+matmuls took no time; speedup_vs_plain: CPU time of sim_throughput's plain torch loop on the same phones
+over the trainer's; the matmul parts' GFLOP/s as fractions of the peak; other_share: elementwise and
+other, of all CPU time; cpu_vs_against, with ``--against``: the current trainer's CPU time over the
+earlier one's).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import shutil
+import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -77,11 +84,34 @@ def best_cpu_seconds(*runs: Callable[[], None], repeats: int = 2) -> list[float]
     return best
 
 
+def trainer_at(rev: str, work: Path) -> Callable[..., object]:
+    """``train_phones`` of ``device_sim/batched_training.py`` as of git revision ``rev``, loaded from a copy."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:device_sim/batched_training.py"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    path = work / "batched_training_earlier.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("batched_training_earlier", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.train_phones
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 phones instead of 40 (the same measurement)")
     parser.add_argument("--phones", type=int, default=None, help="phones trained (default 40, 8 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="which phones")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also time device_sim/batched_training.py as of this git revision, alternately with the current one",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.phones or (8 if args.quick else 40)
@@ -93,8 +123,8 @@ def main() -> None:
         task, host = setup.task, PhoneHost(setup.task)
         phones = [phone_work(host, p, 1) for p in range(n)]
 
-        def train() -> None:
-            train_phones(
+        def train(trainer: Callable[..., object] = train_phones) -> None:
+            trainer(
                 setup.model_config,
                 initial_weights(setup.model_config, setup.config.simulate.seed),
                 [b for b, _, _, _ in phones],
@@ -114,6 +144,10 @@ def main() -> None:
 
         train()  # warm-up: allocator, MKL's first calls
         cpu_s, plain_s = best_cpu_seconds(train, plain)
+        if args.against:
+            earlier = trainer_at(args.against, work)
+            train(earlier)
+            now_s, earlier_s = best_cpu_seconds(train, lambda: train(earlier), repeats=4)
         with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
             train()
         peak = max(peak, matmul_peak(1))
@@ -152,12 +186,16 @@ def main() -> None:
     # the bound the matmuls alone set: the rate if everything else took no time at all
     matmul_only = useful / (seconds["softmax matmuls"] + seconds["recurrence matmuls"]) / 1e9
     print(f"with nothing but its matmuls: {matmul_only:.1f} GFLOP/s = {matmul_only / peak:.0%} of peak")
+    against = ""
+    if args.against:
+        print(f"side by side with {args.against}'s trainer (best of 4 each): {now_s / earlier_s:.3f}x its CPU time")
+        against = f" cpu_vs_against={now_s / earlier_s:.3f}"
     print(
         f"RESULT trainer_peak_frac={rate / peak:.2f} matmul_only_frac={matmul_only / peak:.2f} "
         f"speedup_vs_plain={plain_s / cpu_s:.2f} "
         f"softmax_mm_frac={frac['softmax matmuls']:.2f} "
         f"recurrence_mm_frac={frac['recurrence matmuls']:.2f} "
-        f"other_share={seconds['elementwise and other'] / cpu_s:.2f}"
+        f"other_share={seconds['elementwise and other'] / cpu_s:.2f}{against}"
     )
 
 
