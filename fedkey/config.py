@@ -98,6 +98,12 @@ class ServerOptimizerConfig(_Strict):
     beta1: float = Field(0.9, ge=0, lt=1, description="fedadam/fedyogi: first-moment decay")
     beta2: float = Field(0.99, ge=0, lt=1, description="fedadam/fedyogi: second-moment decay")
     tau: float = Field(1e-3, gt=0, description="fedadam/fedyogi: adaptivity (epsilon); v starts at tau^2")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="server learning rate over the rounds: constant, or half a cosine from lr down toward 0 "
+        "at the last of simulate.rounds (fedadam/fedyogi's normalised step does not shrink with the phones' "
+        "deltas, so annealing them needs this)",
+    )
 
 
 class SimulateConfig(_Strict):

@@ -275,7 +275,7 @@ def _optimizer_text(cfg: FedkeyConfig) -> str:
         "fedavg": "",
         "fedavgm": f", momentum {opt.momentum:g}",
     }.get(opt.name, f", β1 {opt.beta1:g}, β2 {opt.beta2:g}, τ {opt.tau:g}")
-    return f"{opt.name}, lr {opt.lr:g}{extra}"
+    return f"{opt.name}, lr {opt.lr:g} ({opt.lr_schedule}){extra}"
 
 
 def _pipeline_text(cfg: FedkeyConfig) -> str:

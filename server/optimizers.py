@@ -9,6 +9,10 @@ float32 weights ``w``:
     fedadam   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  w <- w + lr * m / (sqrt(v) + tau)
     fedyogi   m as fedadam;  v <- v - (1 - b2) g^2 sign(v - g^2);  w <- w + lr * m / (sqrt(v) + tau)
 
+``lr`` may follow a schedule over the rounds (``lr_schedule``, as the phones' rate does): the
+strategy passes each round's factor to :meth:`ServerOptimizer.step`. Adam's normalised step does not
+shrink when the phones' deltas do, so a run that anneals the phones' rate anneals the server's too.
+
 FedAdam and FedYogi follow Algorithm 2 of Reddi et al. 2021 ("Adaptive Federated Optimization"):
 no bias correction, ``m`` starts at 0 and ``v`` at ``tau^2``. The state is a dict of arrays, so it
 goes into a checkpoint and a resumed run continues with exactly the same steps.
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from fedkey.models.schedules import Schedule
 
 OptimizerName = Literal["fedavg", "fedavgm", "fedadam", "fedyogi"]
 
@@ -38,6 +44,7 @@ class ServerOptimizerSettings:
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
+    lr_schedule: Schedule = "constant"
 
 
 class ServerOptimizer:
@@ -57,18 +64,20 @@ class ServerOptimizer:
             self.state["m"] = np.zeros(dim, np.float32)
             self.state["v"] = np.full(dim, settings.tau**2, np.float32)
 
-    def step(self, weights: np.ndarray, pseudo_gradient: np.ndarray) -> np.ndarray:
-        """New weights after one server step with ``pseudo_gradient`` (mean client delta)."""
+    def step(self, weights: np.ndarray, pseudo_gradient: np.ndarray, lr_scale: float = 1.0) -> np.ndarray:
+        """New weights after one server step with ``pseudo_gradient`` (mean client delta) at rate
+        ``lr * lr_scale`` (the schedule's factor for this round)."""
         s = self.settings
+        lr = np.float32(s.lr * lr_scale)
         g = np.asarray(pseudo_gradient, dtype=np.float32)
         if g.shape != (self.dim,) or weights.shape != (self.dim,):
             raise ServerOptimizerError(f"weights and pseudo-gradient must have shape ({self.dim},)")
         if s.name == "fedavg":
-            return (weights + np.float32(s.lr) * g).astype(np.float32)
+            return (weights + lr * g).astype(np.float32)
         if s.name == "fedavgm":
             v = np.float32(s.momentum) * self.state["v"] + g
             self.state["v"] = v
-            return (weights + np.float32(s.lr) * v).astype(np.float32)
+            return (weights + lr * v).astype(np.float32)
         m = np.float32(s.beta1) * self.state["m"] + np.float32(1 - s.beta1) * g
         g2 = g * g
         v = self.state["v"]
@@ -77,7 +86,7 @@ class ServerOptimizer:
         else:
             v = v - np.float32(1 - s.beta2) * g2 * np.sign(v - g2)
         self.state["m"], self.state["v"] = m, v.astype(np.float32)
-        return (weights + np.float32(s.lr) * m / (np.sqrt(self.state["v"]) + np.float32(s.tau))).astype(np.float32)
+        return (weights + lr * m / (np.sqrt(self.state["v"]) + np.float32(s.tau))).astype(np.float32)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the optimizer's arrays (for checkpoints)."""

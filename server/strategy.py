@@ -369,12 +369,12 @@ class FleetStrategy(Strategy):
                 self.ledger.record(**ledger_record)
         updated = False
         if dp is not None:
-            self._apply(self._dp_mean(total, dp, server_round))
+            self._apply(self._dp_mean(total, dp, server_round), server_round)
             assert self.accountant is not None
             self.accountant.step(dp.round_spec())  # configure_train refused a round past the budget
             updated = True
         elif len(accepted) >= s.min_reports:
-            self._apply((total / sum(r.examples for r in accepted)).astype(np.float32))
+            self._apply((total / sum(r.examples for r in accepted)).astype(np.float32), server_round)
             updated = True
         for r in accepted:
             self.participation[r.phone_id] = self.participation.get(r.phone_id, 0) + 1
@@ -472,8 +472,10 @@ class FleetStrategy(Strategy):
         noised = clipped_sum + rng.standard_normal(self.dim) * dp.noise_multiplier * dp.clip_norm
         return (noised / self.settings.cohort_size).astype(np.float32)
 
-    def _apply(self, pseudo_gradient: np.ndarray) -> None:
-        self.weights = self.optimizer.step(self.weights, pseudo_gradient)
+    def _apply(self, pseudo_gradient: np.ndarray, server_round: int) -> None:
+        s = self.settings
+        scale = lr_factor(s.optimizer.lr_schedule, server_round - 1, s.rounds)
+        self.weights = self.optimizer.step(self.weights, pseudo_gradient, scale)
 
     # ---- checkpoint state ----------------------------------------------------------------------
 

@@ -55,6 +55,14 @@ def test_first_adam_step_moves_each_coordinate_by_about_lr():
     np.testing.assert_allclose(w1 - W, [0.01, -0.01], rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["fedavg", "fedavgm", "fedadam", "fedyogi"])
+def test_lr_scale_scales_the_step_and_not_the_state(name: str):
+    full, half = (ServerOptimizer(ServerOptimizerSettings(name=name, lr=0.1), 2) for _ in range(2))
+    np.testing.assert_allclose(half.step(W, G1, lr_scale=0.5) - W, 0.5 * (full.step(W, G1) - W), rtol=1e-5)
+    for key in full.state:
+        np.testing.assert_array_equal(full.state[key], half.state[key])
+
+
 def test_state_round_trip_continues_identically():
     _, w2, opt = two_steps(name="fedyogi", lr=0.1)
     clone = ServerOptimizer(opt.settings, 2)

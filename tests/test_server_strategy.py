@@ -297,3 +297,26 @@ def test_a_failed_evaluation_stops_the_run_with_the_hosts_reason(prepared):
     )
     with pytest.raises(StrategyError, match=r"held-out evaluation failed on phone host \d+: out of memory"):
         strategy.aggregate_evaluate(1, grid.send_and_receive(messages))
+
+
+def test_cosine_server_lr_schedule_scales_each_rounds_server_step(prepared):
+    steps = {}
+    for schedule in ("constant", "cosine"):
+        strategy = strategy_for(
+            prepared,
+            "simulate.rounds=2",
+            'simulate.optimizer.name="fedavg"',
+            f'simulate.optimizer.lr_schedule="{schedule}"',
+        )
+        grid = LocalGrid()
+        trail = [strategy.weights.copy()]
+        for rnd in (1, 2):
+            run_round(strategy, grid, rnd)
+            trail.append(strategy.weights.copy())
+        steps[schedule] = [trail[1] - trail[0], trail[2] - trail[1]]
+    # same phones, same starting weights each round: the same mean delta, scaled by the round's factor
+    np.testing.assert_array_equal(steps["constant"][0], steps["cosine"][0])
+    assert np.abs(steps["constant"][1]).max() > 0
+    np.testing.assert_allclose(
+        steps["cosine"][1], lr_factor("cosine", 1, 2) * steps["constant"][1], rtol=1e-4, atol=1e-7
+    )
