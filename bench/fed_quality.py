@@ -61,6 +61,7 @@ def finished_run(out: Path) -> dict:
     rows = read_jsonl(out / "metrics.jsonl")
     final["bytes_up"] = sum(r["bytes_up"] for r in rows)
     final["wall_time_s"] = rows[-1]["wall_time_s"]
+    final["reports"] = sum(r["reported"] - r["rejected"] for r in rows)
     final["curve"] = [(r["round"], r["recall@1"], r["loss"]) for r in rows if r.get("recall@1") is not None]
     final["simulate"] = load_config(out / "config.toml").simulate
     return final

@@ -70,19 +70,21 @@ def table(
         f"## {title} (issue 5)",
         "",
         f"`bench/fed_recipes.py` runs `fedkey simulate` once per recipe, {first['simulate'].cohort_size} reporting "
-        "phones a round (unless a recipe sets its own rounds), same data, model, seed and update pipeline",
+        "phones a round (unless a recipe sets its own rounds or cohort), same data, model, seed and update pipeline",
         "(top-10% + 4-bit), and compares the final held-out recall@1 (the same held-out word positions for",
         "every run). Settings shared by all: " + ", ".join(f"`{c}`" for c in common) + ".",
+        "Reports are the phone updates the server averaged over the whole run (the local computation spent).",
         f"Wall times are upper bounds: up to {parallel} runs shared the machine.",
         "",
-        "| recipe | its settings | rounds | held-out recall@1 | recall@3 | uploaded | wall time |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | its settings | rounds | cohort | reports | held-out recall@1 | recall@3 | uploaded | wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, final in runs.items():
         held = final["held_out_users"]
         settings = ", ".join(f"`{o}`" for o in recipes[name]) or "-"
         lines.append(
-            f"| {name} | {settings} | {final['rounds']} | {held['recall@1']:.4f} | {held['recall@3']:.4f} | "
+            f"| {name} | {settings} | {final['rounds']} | {final['simulate'].cohort_size} | {final['reports']} | "
+            f"{held['recall@1']:.4f} | {held['recall@3']:.4f} | "
             f"{final['bytes_up'] / 1e6:.1f} MB | {final['wall_time_s'] / 60:.1f} min |"
         )
     lines += [
