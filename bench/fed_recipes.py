@@ -87,17 +87,28 @@ def table(
             f"{held['recall@1']:.4f} | {held['recall@3']:.4f} | "
             f"{final['bytes_up'] / 1e6:.1f} MB | {final['wall_time_s'] / 60:.1f} min |"
         )
+    curves = [{r: recall for r, recall, _ in run["curve"]} for run in runs.values()]
+    same_rounds = len({final["rounds"] for final in runs.values()}) == 1
     lines += [
         "",
-        "Sampled held-out recall@1 by round (`simulate.eval_users` users, `simulate.eval_positions` positions;",
+        "Sampled held-out recall@1 by "
+        + ("round" if same_rounds else "tenth of each run (its rounds differ: the evaluation at or before it)")
+        + " (`simulate.eval_users` users, `simulate.eval_positions` positions;",
         "noisier than the final figures), from `RUN/metrics.jsonl`:",
         "",
-        "| round | " + " | ".join(runs) + " |",
+        ("| round | " if same_rounds else "| share of the run | ") + " | ".join(runs) + " |",
         "|---|" + "---|" * len(runs),
     ]
-    curves = [{r: recall for r, recall, _ in run["curve"]} for run in runs.values()]
-    for rnd in sorted(set().union(*curves)):
-        lines.append(f"| {rnd} | " + " | ".join(f"{c[rnd]:.3f}" if rnd in c else "-" for c in curves) + " |")
+    if same_rounds:
+        for rnd in sorted(set().union(*curves)):
+            lines.append(f"| {rnd} | " + " | ".join(f"{c[rnd]:.3f}" if rnd in c else "-" for c in curves) + " |")
+    else:
+        for tenth in range(1, 11):
+            cells = []
+            for curve, final in zip(curves, runs.values(), strict=True):
+                done = [r for r in curve if r <= final["rounds"] * tenth / 10]
+                cells.append(f"{curve[max(done)]:.3f} (r{max(done)})" if done else "-")
+            lines.append(f"| {tenth * 10}% | " + " | ".join(cells) + " |")
     lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
     return "\n".join(lines)
 
