@@ -1,7 +1,7 @@
 """Federated quality against the server-trained baseline: does `fedkey simulate` reach ≥ 97% of it?
 
 Runs `fedkey simulate` twice, side by side, on the same prepared data, model preset, rounds and seed:
-once with the default update pipeline (top-k 10% + 4-bit quantization: "compressed") and once with an
+once with the default update pipeline (`fedkey.config.default_pipeline`: "compressed") and once with an
 empty pipeline (dense fp32 updates: "uncompressed"). Each run's held-out recall@1 (final.json) is
 divided by the recall@1 of a `fedkey train-central` run's best checkpoint of the same model preset,
 evaluated here on the same held-out word positions; the uploaded bytes are summed from metrics.jsonl.
@@ -63,7 +63,9 @@ def finished_run(out: Path) -> dict:
     final["wall_time_s"] = rows[-1]["wall_time_s"]
     final["reports"] = sum(r["reported"] - r["rejected"] for r in rows)
     final["curve"] = [(r["round"], r["recall@1"], r["loss"]) for r in rows if r.get("recall@1") is not None]
-    final["simulate"] = load_config(out / "config.toml").simulate
+    config = load_config(out / "config.toml")
+    final["simulate"] = config.simulate
+    final["pipeline"] = config.pipeline.describe()
     return final
 
 
@@ -122,9 +124,10 @@ def table(central: dict, runs: dict[str, dict], preset: str, commands: list[str]
     lines = [
         SECTION,
         "",
-        "`bench/fed_quality.py` runs `fedkey simulate` twice side by side (the default update pipeline, top-10% +",
-        "4-bit, against dense fp32 updates) and divides each final held-out recall@1 by that of the central",
-        "baseline's best checkpoint on the same held-out word positions (commands below). Wall times are",
+        "`bench/fed_quality.py` runs `fedkey simulate` twice side by side (the default update pipeline,",
+        f"{runs['compressed']['pipeline']}, against dense fp32 updates) and divides each final held-out",
+        "recall@1 by that of the central baseline's best checkpoint on the same held-out word positions",
+        "(commands below). Wall times are",
         "upper bounds: the 2-core machine ran other jobs. A run continued with `--resume` gives the same",
         "result as an uninterrupted one.",
         f"After {rounds} rounds federated training reaches {comp:.0%} of the central recall@1 with compression",

@@ -1,7 +1,7 @@
 """Federated training recipes side by side: which local and server settings learn the most per round?
 
 Runs `fedkey simulate` once per recipe on the same data, model, cohort and seed (and rounds, unless a
-recipe sets its own) with the default update pipeline (top-10% + 4-bit), at most ``--parallel`` runs at
+recipe sets its own) with the default update pipeline (`fedkey.config.default_pipeline`), at most ``--parallel`` runs at
 a time, and tabulates each run's final held-out recall@1/@3 (the same held-out word positions for every
 run), its sampled held-out recall@1 by round, the bytes it uploaded and its wall time. A recipe is a
 named list of ``--set`` overrides on top of the shared ones (``--set``); the default recipes are the
@@ -71,7 +71,7 @@ def table(
         "",
         f"`bench/fed_recipes.py` runs `fedkey simulate` once per recipe, {first['simulate'].cohort_size} reporting "
         "phones a round (unless a recipe sets its own rounds or cohort), same data, model, seed and update pipeline",
-        "(top-10% + 4-bit), and compares the final held-out recall@1 (the same held-out word positions for",
+        f"({first['pipeline']}), and compares the final held-out recall@1 (the same held-out word positions for",
         "every run). Settings shared by all: " + ", ".join(f"`{c}`" for c in common) + ".",
         "Reports are the phone updates the server averaged over the whole run (the local computation spent).",
         f"Wall times are upper bounds: up to {parallel} runs shared the machine.",

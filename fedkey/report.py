@@ -221,7 +221,7 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
         ("cohort", _cohort_text(cfg)),
         ("local training", _local_text(cfg)),
         ("server optimizer", _optimizer_text(cfg)),
-        ("update pipeline", _pipeline_text(cfg)),
+        ("update pipeline", cfg.pipeline.describe()),
         ("central DP", _central_dp_text(cfg)),
         ("seed", str(sim.seed)),
     ]
@@ -276,13 +276,6 @@ def _optimizer_text(cfg: FedkeyConfig) -> str:
         "fedavgm": f", momentum {opt.momentum:g}",
     }.get(opt.name, f", β1 {opt.beta1:g}, β2 {opt.beta2:g}, τ {opt.tau:g}")
     return f"{opt.name}, lr {opt.lr:g} ({opt.lr_schedule}){extra}"
-
-
-def _pipeline_text(cfg: FedkeyConfig) -> str:
-    stages = cfg.pipeline.model_dump(mode="json", exclude_none=True)
-    if not stages:
-        return "none (raw float32 deltas)"
-    return " → ".join(f"{s['kind']}({', '.join(f'{k}={v}' for k, v in s.items() if k != 'kind')})" for s in stages)
 
 
 def _central_dp_text(cfg: FedkeyConfig) -> str:

@@ -213,6 +213,13 @@ class PipelineConfig(RootModel[list[StageSpec]]):
     def kinds(self) -> list[str]:
         return [s.kind for s in self.root]
 
+    def describe(self) -> str:
+        """One line for reports and bench tables, e.g. ``top_k(fraction=0.25) → quantize(bits=8, chunk=512)``."""
+        stages = self.model_dump(mode="json", exclude_none=True)
+        if not stages:
+            return "none (raw float32 deltas)"
+        return " → ".join(f"{s['kind']}({', '.join(f'{k}={v}' for k, v in s.items() if k != 'kind')})" for s in stages)
+
     def clip(self) -> ClipStage | None:
         return next((s for s in self.root if isinstance(s, ClipStage)), None)
 

@@ -119,3 +119,13 @@ def test_laplace_sensitivity_follows_the_clip_norm_type() -> None:
     m1, m2 = l1.local_mechanism(10_000), l2.local_mechanism(10_000)
     assert m1 is not None and m1.sensitivity == 2.0 and m1.scale == 1.0
     assert m2 is not None and m2.sensitivity == pytest.approx(20.0)  # 2C·√k over the k noised coordinates
+
+
+def test_describe_names_every_stage_with_its_settings_in_phone_order() -> None:
+    config = PipelineConfig.model_validate(
+        [{"kind": "clip", "norm": 1.5}, {"kind": "random_k", "k": 7}, {"kind": "quantize", "bits": 2}]
+    )
+    assert config.describe() == (
+        "clip(norm=1.5, ord=2) → random_k(k=7, unbiased=True) → quantize(bits=2, chunk=512)"
+    )
+    assert PipelineConfig.model_validate([]).describe() == "none (raw float32 deltas)"
