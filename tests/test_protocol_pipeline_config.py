@@ -125,5 +125,6 @@ def test_describe_names_every_stage_with_its_settings_in_phone_order() -> None:
     config = PipelineConfig.model_validate(
         [{"kind": "clip", "norm": 1.5}, {"kind": "random_k", "k": 7}, {"kind": "quantize", "bits": 2}]
     )
-    assert config.describe() == ("clip(norm=1.5, ord=2) → random_k(k=7, unbiased=True) → quantize(bits=2, chunk=512)")
+    expected = "clip(norm=1.5, ord=2) → random_k(k=7, unbiased=True) → quantize(bits=2, chunk=512)"
+    assert config.describe() == expected
     assert PipelineConfig.model_validate([]).describe() == "none (raw float32 deltas)"
