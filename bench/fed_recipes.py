@@ -5,9 +5,9 @@ recipe sets its own) with the default update pipeline (`fedkey.config.default_pi
 ``--parallel`` runs at a time, and tabulates each run's final held-out recall@1/@3 (the same held-out
 word positions for every run), its sampled held-out recall@1 by round, the bytes it uploaded and its
 wall time. A recipe is a named list of ``--set`` overrides on top of the shared ones (``--set``); the
-default recipes are the comparison recorded in docs/results.md. A run folder that already holds a finished run of exactly the
-same settings is read, not rerun; with ``--resume`` an unfinished one continues from its checkpoint (the
-same result as an uninterrupted run).
+default recipes are the comparison recorded in docs/results.md. A run folder that already holds a
+finished run of exactly the same settings is read, not rerun; with ``--resume`` an unfinished one
+continues from its checkpoint (the same result as an uninterrupted run).
 
     .venv/bin/python bench/fed_recipes.py [--rounds R] [--cohort C] [--positions N] [--set KEY=VALUE ...]
         [--recipe 'NAME:KEY=VALUE;KEY=VALUE' ...] [--parallel P] [--out runs/fed-recipes] [--resume]
