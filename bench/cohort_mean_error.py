@@ -116,11 +116,12 @@ def main() -> None:
     states = {"trained": flatten_params(checkpoint.params, param_layout(model)).astype(np.float32)}
     if not args.quick:
         states["initial"] = initial_weights(model, 0)
-    default = default_pipeline().model_dump(mode="json", exclude_none=True)
+    default = default_pipeline().describe()
+    previous = PipelineConfig.model_validate(PREVIOUS_DEFAULT).describe()
     candidates = [PipelineConfig.model_validate(c) for c in CANDIDATES]
     if args.quick:
         candidates = candidates[:QUICK]
-    if all(c.model_dump(mode="json", exclude_none=True) != default for c in candidates):
+    if all(c.describe() != default for c in candidates):
         candidates.append(default_pipeline())
     pipelines = [UpdatePipeline(c, model.num_parameters()) for c in candidates]
     cohorts = [25] if args.quick else [25, 100]
@@ -133,12 +134,7 @@ def main() -> None:
                 results[(state, n, config.describe())] = mean_error(pipeline, deltas[:n], fedavg[:n], ids[:n])
     elapsed = time.perf_counter() - started
 
-    previous = PipelineConfig.model_validate(PREVIOUS_DEFAULT).model_dump(mode="json", exclude_none=True)
-
-    def label(config: PipelineConfig) -> str:
-        dump = config.model_dump(mode="json", exclude_none=True)
-        tag = " (default)" if dump == default else " (default before 2026-11-27)" if dump == previous else ""
-        return f"`{config.describe()}`{tag}"
+    tags = {default: " (default)", previous: " (default before 2026-11-27)"}
 
     columns = [(s, n) for s in states for n in cohorts]
     lines = [
@@ -162,7 +158,7 @@ def main() -> None:
         first = results[(columns[0][0], columns[0][1], key)]
         cells = " | ".join(f"{results[(s, n, key)]['rel_err']:.3f}" for s, n in columns)
         lines.append(
-            f"| {label(config)} | {first['kb']:.0f} kB | {first['x']:.1f}× | {cells} | "
+            f"| `{key}`{tags.get(key, '')} | {first['kb']:.0f} kB | {first['x']:.1f}× | {cells} | "
             f"{results[('trained', 25, key)]['bias']:+.3f} |"
         )
     command = "python bench/cohort_mean_error.py" + (" --quick" if args.quick else "") + " --write"
@@ -171,8 +167,7 @@ def main() -> None:
     print(text)
     if args.write:
         write_section(text)
-    now = results[("trained", 25, default_pipeline().describe())]
-    before = results[("trained", 25, PipelineConfig.model_validate(PREVIOUS_DEFAULT).describe())]
+    now, before = results[("trained", 25, default)], results[("trained", 25, previous)]
     print(
         f"RESULT default_rel_err={now['rel_err']:.3f} previous_default_rel_err={before['rel_err']:.3f} "
         f"default_compression_x={now['x']:.1f} previous_compression_x={before['x']:.1f}"
