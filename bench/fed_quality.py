@@ -9,9 +9,10 @@ A run folder that already holds a finished run of exactly the same settings is r
 ``--resume`` an unfinished one continues from its checkpoint.
 
     .venv/bin/python bench/fed_quality.py --central-run runs/central-default [--rounds R] [--cohort C]
-        [--positions N] [--set KEY=VALUE ...] [--out runs/fed-quality] [--resume] [--quick] [--write]
+        [--positions N] [--set KEY=VALUE ...] [--out runs/fed-quality] [--resume] [--quick] [--write [--title T]]
 
-`--quick` runs 2 rounds of 5 phones (a smoke check of the measurement, not the figure).
+`--quick` runs 2 rounds of 5 phones (a smoke check of the measurement, not the figure). `--title` writes
+a section of its own, for a setting compared against the main one.
 Last line: ``RESULT rounds=… compressed_over_central=… uncompressed_over_central=… compressed_mb_up=…
 uncompressed_mb_up=…``.
 """
@@ -33,7 +34,7 @@ from fedkey.config import load_config
 from fedkey.plots import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTION = "## Federated quality (issue 5)"
+TITLE = "Federated quality"
 VARIANTS = {"compressed": [], "uncompressed": ["pipeline=[]"]}
 
 
@@ -117,12 +118,12 @@ def central_recall(run: Path, data: Path, max_positions: int) -> dict:
     return {"held_out_users": held, "steps": json.loads((run / "final.json").read_text())["steps"]}
 
 
-def table(central: dict, runs: dict[str, dict], preset: str, commands: list[str]) -> str:
+def table(title: str, central: dict, runs: dict[str, dict], preset: str, commands: list[str]) -> str:
     base = central["held_out_users"]["recall@1"]
     comp, dense = (runs[name]["held_out_users"]["recall@1"] / base for name in ("compressed", "uncompressed"))
     rounds = runs["compressed"]["rounds"]
     lines = [
-        SECTION,
+        f"## {title} (issue 5)",
         "",
         "`bench/fed_quality.py` runs `fedkey simulate` twice side by side (the default update pipeline,",
         f"{runs['compressed']['pipeline']}, against dense fp32 updates) and divides each final held-out",
@@ -186,6 +187,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue runs already in OUT from their checkpoints")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 5 phones: checks the measurement runs")
     parser.add_argument("--write", action="store_true", help="update the section in docs/results.md")
+    parser.add_argument(
+        "--title", default=TITLE, help=f"the section's title in docs/results.md (default {TITLE!r}): one per setting"
+    )
     args = parser.parse_args()
 
     preset = load_config(args.central_run / "config.toml").model.preset
@@ -208,16 +212,13 @@ def main() -> None:
         for name, extra in VARIANTS.items()
     ]
     commands.append(
-        "python bench/fed_quality.py --central-run {} --out {} --rounds {} --cohort {} --positions {} {}--write".format(
-            shown(args.central_run),
-            shown(args.out),
-            rounds,
-            cohort,
-            positions,
-            "".join(f"--set '{o}' " for o in args.overrides),
-        )
+        f"python bench/fed_quality.py --central-run {shown(args.central_run)} --out {shown(args.out)} "
+        f"--rounds {rounds} --cohort {cohort} --positions {positions} "
+        + "".join(f"--set '{o}' " for o in args.overrides)
+        + (f"--title '{args.title}' " if args.title != TITLE else "")
+        + "--write"
     )
-    text = table(central, runs, preset, commands)
+    text = table(args.title, central, runs, preset, commands)
     print(text)
     if args.write and not args.quick:
         write_section(text)
