@@ -104,6 +104,13 @@ class ServerOptimizerConfig(_Strict):
         "at the last of simulate.rounds (fedadam/fedyogi's normalised step does not shrink with the phones' "
         "deltas, so annealing them needs this)",
     )
+    warmup_rounds: int = Field(
+        0,
+        ge=0,
+        description="server learning rate rises linearly over the first warmup_rounds rounds (round r gets "
+        "r / warmup_rounds of it, times the schedule's factor); 0 = none. Small cohorts' first rounds "
+        "average few, large deltas that server momentum can amplify into divergence",
+    )
 
 
 class SimulateConfig(_Strict):

@@ -275,7 +275,8 @@ def _optimizer_text(cfg: FedkeyConfig) -> str:
         "fedavg": "",
         "fedavgm": f", momentum {opt.momentum:g}",
     }.get(opt.name, f", β1 {opt.beta1:g}, β2 {opt.beta2:g}, τ {opt.tau:g}")
-    return f"{opt.name}, lr {opt.lr:g} ({opt.lr_schedule}){extra}"
+    warmup = f", warm-up {opt.warmup_rounds} rounds" if opt.warmup_rounds else ""
+    return f"{opt.name}, lr {opt.lr:g} ({opt.lr_schedule}{warmup}){extra}"
 
 
 def _central_dp_text(cfg: FedkeyConfig) -> str:

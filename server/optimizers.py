@@ -9,8 +9,9 @@ float32 weights ``w``:
     fedadam   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  w <- w + lr * m / (sqrt(v) + tau)
     fedyogi   m as fedadam;  v <- v - (1 - b2) g^2 sign(v - g^2);  w <- w + lr * m / (sqrt(v) + tau)
 
-``lr`` may follow a schedule over the rounds (``lr_schedule``, as the phones' rate does): the
-strategy passes each round's factor to :meth:`ServerOptimizer.step`. Adam's normalised step does not
+``lr`` may follow a schedule over the rounds (``lr_schedule``, as the phones' rate does) and rise
+linearly over the first ``warmup_rounds``: the strategy passes each round's factor to
+:meth:`ServerOptimizer.step`. Adam's normalised step does not
 shrink when the phones' deltas do, so a run that anneals the phones' rate anneals the server's too.
 
 FedAdam and FedYogi follow Algorithm 2 of Reddi et al. 2021 ("Adaptive Federated Optimization"):
@@ -45,6 +46,7 @@ class ServerOptimizerSettings:
     beta2: float = 0.99
     tau: float = 1e-3
     lr_schedule: Schedule = "constant"
+    warmup_rounds: int = 0
 
 
 class ServerOptimizer:

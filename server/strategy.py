@@ -474,7 +474,7 @@ class FleetStrategy(Strategy):
 
     def _apply(self, pseudo_gradient: np.ndarray, server_round: int) -> None:
         s = self.settings
-        scale = lr_factor(s.optimizer.lr_schedule, server_round - 1, s.rounds)
+        scale = lr_factor(s.optimizer.lr_schedule, server_round - 1, s.rounds, s.optimizer.warmup_rounds)
         self.weights = self.optimizer.step(self.weights, pseudo_gradient, scale)
 
     # ---- checkpoint state ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The central trainer's schedule and device choice."""
+"""The learning-rate schedules (shared by the central trainer and the rounds) and the central device choice."""
 
 import itertools
 import math
@@ -21,6 +21,14 @@ def test_cosine_schedule_runs_from_full_rate_to_zero() -> None:
 
 def test_constant_schedule_keeps_the_rate() -> None:
     assert {lr_factor("constant", s, 10) for s in range(12)} == {1.0}
+
+
+def test_warmup_rises_linearly_then_leaves_the_schedule() -> None:
+    assert [lr_factor("constant", s, 10, warmup_steps=4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_factor("cosine", 1, 10, warmup_steps=4) == pytest.approx(0.5 * lr_factor("cosine", 1, 10))
+    assert lr_factor("cosine", 7, 10, warmup_steps=4) == lr_factor("cosine", 7, 10)
+    with pytest.raises(ValueError, match="warm-up"):
+        lr_factor("constant", 0, 10, warmup_steps=-1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

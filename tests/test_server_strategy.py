@@ -299,24 +299,29 @@ def test_a_failed_evaluation_stops_the_run_with_the_hosts_reason(prepared):
         strategy.aggregate_evaluate(1, grid.send_and_receive(messages))
 
 
+def _server_steps(prepared, *settings: str) -> list[np.ndarray]:
+    """The change of the global weights in each of 2 fedavg rounds."""
+    strategy = strategy_for(prepared, "simulate.rounds=2", 'simulate.optimizer.name="fedavg"', *settings)
+    grid = LocalGrid()
+    trail = [strategy.weights.copy()]
+    for rnd in (1, 2):
+        run_round(strategy, grid, rnd)
+        trail.append(strategy.weights.copy())
+    return [trail[1] - trail[0], trail[2] - trail[1]]
+
+
 def test_cosine_server_lr_schedule_scales_each_rounds_server_step(prepared):
-    steps = {}
-    for schedule in ("constant", "cosine"):
-        strategy = strategy_for(
-            prepared,
-            "simulate.rounds=2",
-            'simulate.optimizer.name="fedavg"',
-            f'simulate.optimizer.lr_schedule="{schedule}"',
-        )
-        grid = LocalGrid()
-        trail = [strategy.weights.copy()]
-        for rnd in (1, 2):
-            run_round(strategy, grid, rnd)
-            trail.append(strategy.weights.copy())
-        steps[schedule] = [trail[1] - trail[0], trail[2] - trail[1]]
+    constant = _server_steps(prepared, 'simulate.optimizer.lr_schedule="constant"')
+    cosine = _server_steps(prepared, 'simulate.optimizer.lr_schedule="cosine"')
     # same phones, same starting weights each round: the same mean delta, scaled by the round's factor
-    np.testing.assert_array_equal(steps["constant"][0], steps["cosine"][0])
-    assert np.abs(steps["constant"][1]).max() > 0
-    np.testing.assert_allclose(
-        steps["cosine"][1], lr_factor("cosine", 1, 2) * steps["constant"][1], rtol=1e-4, atol=1e-7
-    )
+    np.testing.assert_array_equal(constant[0], cosine[0])
+    assert np.abs(constant[1]).max() > 0
+    np.testing.assert_allclose(cosine[1], lr_factor("cosine", 1, 2) * constant[1], rtol=1e-4, atol=1e-7)
+
+
+def test_server_lr_warmup_scales_the_first_rounds_server_steps(prepared):
+    plain = _server_steps(prepared)
+    warm = _server_steps(prepared, "simulate.optimizer.warmup_rounds=4")
+    # round 1 starts from the same weights: its step is a quarter of the plain one
+    np.testing.assert_allclose(warm[0], 0.25 * plain[0], rtol=1e-4, atol=1e-7)
+    assert np.abs(plain[0]).max() > 0
