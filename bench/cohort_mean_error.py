@@ -183,7 +183,7 @@ def main() -> None:
             f"| `{key}`{tags.get(key, '')} | {first['kb']:.0f} kB | {first['x']:.1f}× | {cells} | "
             f"{results[('trained', 25, key)]['bias']:+.3f} |"
         )
-    some = results[("trained", 25, default)]
+    true_bands = results[("trained", 25, default)]["true_bands"]  # the same for every pipeline
     lines += [
         "",
         "What the decoded mean does to the output bias (trained state, 25 phones): the mean of its",
@@ -192,7 +192,7 @@ def main() -> None:
         "",
         "| pipeline | " + " | ".join(f"ranks {label}" for label, _ in bands) + " |",
         "|---" * (1 + len(bands)) + "|",
-        "| true mean | " + " | ".join(f"{v * 1e5:+.1f}" for v in some["true_bands"]) + " |",
+        "| true mean | " + " | ".join(f"{v * 1e5:+.1f}" for v in true_bands) + " |",
     ]
     for config in candidates:
         key = config.describe()
