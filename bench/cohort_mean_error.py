@@ -101,11 +101,12 @@ def mean_error(
     }
 
 
-def out_bias_bands(model: ModelConfig, data: Path) -> list[tuple[str, np.ndarray]]:
+def out_bias_bands(model: ModelConfig, data: FederatedData) -> list[tuple[str, np.ndarray]]:
     """(label, flat indices) of the output bias's coordinates per piece-frequency band (bench/weight_drift.py)."""
     spec = next(s for s in param_layout(model) if s.name == "out_bias")
-    counts = piece_counts(FederatedData.load(data), spec.shape[0], None)
-    return [(label, spec.offset // 4 + rows) for label, rows in band_rows(counts)]
+    counts = piece_counts(data, spec.shape[0], None)
+    first = spec.offset // 4  # the layout's offsets are in bytes of float32
+    return [(label, first + rows) for label, rows in band_rows(counts)]
 
 
 def main() -> None:
@@ -144,7 +145,7 @@ def main() -> None:
         candidates.append(default_pipeline())
     pipelines = [UpdatePipeline(c, model.num_parameters()) for c in candidates]
     cohorts = [25] if args.quick else [25, 100]
-    bands = out_bias_bands(model, args.data)
+    bands = out_bias_bands(model, host.data)  # the corpus the phone host already loaded
     results: dict[tuple[str, int, str], dict] = {}
     started = time.perf_counter()
     for state, weights in states.items():
