@@ -11,7 +11,8 @@ because it is a few lines in any language with 64-bit unsigned arithmetic (Kotli
     output j of the stream keyed by k  =  mix64(k + (j + 1) * G)        (j = 0, 1, 2, ...)
     derive(k, v) = mix64(k ^ mix64(v))                    (sub-keys, see STREAM_*)
 
-Output j is a pure function of (key, j), so numpy computes a whole [n_phones, m] block at once.
+Output j is a pure function of (key, j), so numpy computes a whole [n_phones, m] block at once, or any
+range of its columns (`stream_into` fills reusable cache-sized buffers).
 Conversions (WIRE_FORMAT.md §4): uniform u = (r >>> 11) · 2⁻⁵³ in [0, 1); sign = +1 if the top bit of
 r is 0 else −1; bounded integer in [0, d) = floor(r · d / 2⁶⁴) (the high 64 bits of the 128-bit product).
 """
@@ -36,15 +37,24 @@ STREAM_PRIVATE = 6  # simulator: private seed of (run seed, phone, round)
 
 def mix64(z: np.ndarray | int) -> np.ndarray:
     """The SplitMix64 finaliser, elementwise on uint64."""
-    z = np.array(z, dtype=np.uint64)  # a fresh copy: the steps below work in place
-    tmp = np.empty_like(z)
+    z = np.array(z, dtype=np.uint64)  # a fresh copy: mix64_inplace works in place
+    return mix64_inplace(z, np.empty_like(z))
+
+
+def mix64_inplace(z: np.ndarray, tmp: np.ndarray, *, last_step: bool = True) -> np.ndarray:
+    """mix64 of the uint64 array z, overwriting z (returned); tmp is scratch of z's shape.
+
+    last_step=False leaves out the final z ^= z >>> 31, which changes only the low 33 bits: the top bit,
+    all that `to_sign` reads, is already final.
+    """
     with np.errstate(over="ignore"):  # wrap-around mod 2^64 is the definition
         for shift, mult in ((30, _M1), (27, _M2)):
             np.right_shift(z, np.uint64(shift), out=tmp)
             np.bitwise_xor(z, tmp, out=z)
             np.multiply(z, mult, out=z)
-        np.right_shift(z, np.uint64(31), out=tmp)
-        np.bitwise_xor(z, tmp, out=z)
+        if last_step:
+            np.right_shift(z, np.uint64(31), out=tmp)
+            np.bitwise_xor(z, tmp, out=z)
     return z
 
 
@@ -55,11 +65,23 @@ def derive(keys: np.ndarray | int, value: np.ndarray | int) -> np.ndarray:
 
 def stream(keys: np.ndarray, start: int, count: int) -> np.ndarray:
     """Outputs start .. start+count−1 of each key's stream: array [len(keys), count] of uint64."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    out = np.empty((keys.size, count), dtype=np.uint64)
+    return stream_into(keys, start, out, np.empty_like(out))
+
+
+def stream_into(
+    keys: np.ndarray, start: int, out: np.ndarray, tmp: np.ndarray, *, last_step: bool = True
+) -> np.ndarray:
+    """`stream(keys, start, out.shape[1])` written into out (returned), tmp scratch of out's shape.
+
+    For callers that reuse cache-sized buffers; last_step as in `mix64_inplace`.
+    """
     keys = np.asarray(keys, dtype=np.uint64).reshape(-1, 1)
-    j = np.arange(start + 1, start + count + 1, dtype=np.uint64)
+    j = np.arange(start + 1, start + out.shape[1] + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        z = keys + j * GOLDEN
-    return mix64(z)
+        np.add(keys, j * GOLDEN, out=out)
+    return mix64_inplace(out, tmp, last_step=last_step)
 
 
 def to_uniform(r: np.ndarray) -> np.ndarray:

@@ -20,6 +20,9 @@ from fedkey.protocol.prng import STREAM_ROUNDING, derive, stream, to_uniform
 
 ALLOWED_BITS = (1, 2, 4, 8)
 
+# Rounding-stream values drawn at a time (all phones, a range of columns), so its temporaries stay in cache.
+_ROUNDING_VALUES = 32768
+
 
 def num_chunks(m: int, chunk: int) -> int:
     return -(-m // chunk)
@@ -80,10 +83,16 @@ def quantize(
         np.divide(t, s64, out=t)
     t[np.broadcast_to(s64 == 0, t.shape)] = 0.0
     t = t.reshape(n, -1)[:, :m]
-    t += to_uniform(stream(derive(private_seeds, STREAM_ROUNDING), 0, m))
-    np.floor(t, out=t)
-    np.clip(t, 0, (1 << bits) - 1, out=t)
-    return t.astype(np.uint8), lo, scale
+    codes = np.empty((n, m), dtype=np.uint8)
+    keys = derive(private_seeds, STREAM_ROUNDING)
+    width = max(1, _ROUNDING_VALUES // max(n, 1))
+    for start in range(0, m, width):
+        part = t[:, start : start + width]
+        part += to_uniform(stream(keys, start, part.shape[1]))
+        np.floor(part, out=part)
+        np.clip(part, 0, (1 << bits) - 1, out=part)
+        codes[:, start : start + width] = part
+    return codes, lo, scale
 
 
 def dequantize(codes: np.ndarray, lo: np.ndarray, scale: np.ndarray, chunk: int) -> np.ndarray:
