@@ -1,10 +1,11 @@
 """Federated quality against the server-trained baseline: does `fedkey simulate` reach ≥ 97% of it?
 
 Runs `fedkey simulate` twice, side by side, on the same prepared data, model preset, rounds and seed:
-once with the default update pipeline (`fedkey.config.default_pipeline`: "compressed") and once with an
-empty pipeline (dense fp32 updates: "uncompressed"). Each run's held-out recall@1 (final.json) is
-divided by the recall@1 of a `fedkey train-central` run's best checkpoint of the same model preset,
-evaluated here on the same held-out word positions; the uploaded bytes are summed from metrics.jsonl.
+once with the default update pipeline (`fedkey.config.default_pipeline`, or the one a `--set pipeline=…`
+gives: "compressed") and once with an empty pipeline (dense fp32 updates: "uncompressed"). Each run's
+held-out recall@1 (final.json) is divided by the recall@1 of a `fedkey train-central` run's best
+checkpoint of the same model preset, evaluated here on the same held-out word positions; the uploaded
+bytes are summed from metrics.jsonl.
 A run folder that already holds a finished run of exactly the same settings is read, not rerun; with
 ``--resume`` an unfinished one continues from its checkpoint.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from fedkey.config import load_config
+from fedkey.config import default_pipeline, load_config
 from fedkey.plots import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,11 +123,12 @@ def table(title: str, central: dict, runs: dict[str, dict], preset: str, command
     base = central["held_out_users"]["recall@1"]
     comp, dense = (runs[name]["held_out_users"]["recall@1"] / base for name in ("compressed", "uncompressed"))
     rounds = runs["compressed"]["rounds"]
+    default_tag = ", the default" if runs["compressed"]["pipeline"] == default_pipeline().describe() else ""
     lines = [
         f"## {title} (issue 5)",
         "",
-        "`bench/fed_quality.py` runs `fedkey simulate` twice side by side (the default update pipeline,",
-        f"{runs['compressed']['pipeline']}, against dense fp32 updates) and divides each final held-out",
+        "`bench/fed_quality.py` runs `fedkey simulate` twice side by side (the update pipeline",
+        f"{runs['compressed']['pipeline']}{default_tag}, against dense fp32 updates) and divides each final held-out",
         "recall@1 by that of the central baseline's best checkpoint on the same held-out word positions",
         "(commands below). Wall times are",
         "upper bounds: the 2-core machine ran other jobs. A run continued with `--resume` gives the same",
