@@ -62,22 +62,6 @@ def _untransposed(result: np.ndarray, rows: int, block: int) -> np.ndarray:
     return result.reshape(block, rows, -1).transpose(1, 2, 0)
 
 
-def fwht_blocks(x: np.ndarray, block: int) -> np.ndarray:
-    """Unnormalised Walsh–Hadamard transform of each length-`block` block of the rows of x (float64)."""
-    n, length = x.shape
-    y = np.array(x, dtype=np.float64).reshape(-1)
-    per_group = max(block, _GROUP_VALUES // block * block)
-    scratch = np.empty(min(per_group, y.size))
-    for start in range(0, y.size, per_group):
-        g = y[start : start + per_group]
-        result = _fwht_into(g, scratch[: g.size], block)
-        if result is g:
-            result = scratch[: g.size]
-            result[...] = g
-        g.reshape(1, -1, block)[...] = _untransposed(result, 1, block)
-    return y.reshape(n, length)
-
-
 def signs(shared_seeds: np.ndarray, length: int) -> np.ndarray:
     """The ±1 sign vector of each phone: outputs 0..length−1 of derive(shared_seed, STREAM_SIGNS)."""
     return to_sign(stream(derive(shared_seeds, STREAM_SIGNS), 0, length))
