@@ -49,18 +49,24 @@ from fedkey.protocol.pipeline import UpdatePipeline, decode_batch
 from fedkey.protocol.pipeline_config import PipelineConfig
 
 SECTION = "## Update pipeline on real updates: the cohort mean (issue 5)"
-PREVIOUS_DEFAULT = [{"kind": "top_k", "fraction": 0.1}, {"kind": "quantize", "bits": 4}]
+#: The default pipeline before this one (the RESULT line compares against it), and the earlier ones.
+PREVIOUS_DEFAULT = [{"kind": "top_k", "fraction": 0.25}, {"kind": "quantize", "bits": 8}]
+FORMER_DEFAULTS = {
+    "top_k(fraction=0.1) → quantize(bits=4, chunk=512)": " (default until 2026-11-27)",
+    "top_k(fraction=0.25) → quantize(bits=8, chunk=512)": " (default 2026-11-27 to 2026-12-06)",
+}
 CANDIDATES: list[list[dict[str, Any]]] = [
     PREVIOUS_DEFAULT,
+    [{"kind": "top_k", "fraction": 0.1}, {"kind": "quantize", "bits": 4}],
     [{"kind": "top_k", "fraction": 0.1}],
     [{"kind": "top_k", "fraction": 0.1}, {"kind": "quantize", "bits": 8}],
     [{"kind": "top_k", "fraction": 0.1}, {"kind": "quantize", "bits": 4, "chunk": 64}],
     [{"kind": "top_k", "fraction": 0.2}, {"kind": "quantize", "bits": 8}],
     [{"kind": "top_k", "fraction": 0.25}, {"kind": "quantize", "bits": 4}],
-    [{"kind": "top_k", "fraction": 0.25}, {"kind": "quantize", "bits": 8}],
     [{"kind": "quantize", "bits": 4}],
     [{"kind": "rotate", "block": 1024}, {"kind": "quantize", "bits": 4}],
     [{"kind": "quantize", "bits": 8}],
+    [{"kind": "rotate", "block": 1024}, {"kind": "quantize", "bits": 8}],
 ]
 QUICK = 4  # the first candidates, plus the default
 
@@ -157,7 +163,7 @@ def main() -> None:
                 )
     elapsed = time.perf_counter() - started
 
-    tags = {default: " (default)", previous: " (default before 2026-11-27)"}
+    tags = {**FORMER_DEFAULTS, default: " (default)"}
 
     columns = [(s, n) for s in states for n in cohorts]
     lines = [

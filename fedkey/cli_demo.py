@@ -45,8 +45,8 @@ def demo_command(
     ] = True,
 ) -> None:
     """`fedkey simulate` with the demo preset (below): chitchat (or --data), prepared into data/chitchat on
-    first use; the small CIFG-LSTM; a cohort of 200 reporting phones a round; the default compression (top-25% +
-    8-bit); no DP. Prints the final held-out recall and writes OUT/report.html, with the Kneser-Ney
+    first use; the small CIFG-LSTM; a cohort of 200 reporting phones a round; the default compression (rotate +
+    4-bit); no DP. Prints the final held-out recall and writes OUT/report.html, with the Kneser-Ney
     trigram's held-out recall as reference line."""
     from fedkey.report import REFERENCE  # matplotlib: not loaded into the run's server process before the end
     from fedkey.simulate import ensure_data

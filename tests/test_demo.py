@@ -20,7 +20,7 @@ def test_demo_preset_is_chitchat_small_model_hundreds_of_phones_compressed_witho
     assert cfg.data.corpus == "chitchat" and cfg.model.preset == "small"
     assert cfg.simulate.cohort_size >= 200
     assert cfg.central_dp is None and cfg.pipeline.noise() is None
-    assert cfg.pipeline.kinds() == ["top_k", "quantize"]
+    assert cfg.pipeline.kinds() == ["rotate", "quantize"]
     assert cfg.simulate.eval_every and cfg.simulate.rounds >= 4 * cfg.simulate.eval_every  # a visible curve
     assert cfg.simulate.rounds * cfg.simulate.round_interval_s >= 24 * 3600  # every time zone's night
 

@@ -93,7 +93,7 @@ def test_report_of_a_dp_run_has_every_plot_and_the_summary(dp_run: Path):
     assert "the first 60 word positions of the held-out users" in page  # eval.max_positions=60 caps it
     assert "3 of 3 (stopped by rounds)" in page
     assert "reference: trigram" in page
-    assert "top_k(fraction=0.25) → quantize(bits=8, chunk=512)" in page  # the default pipeline
+    assert "rotate(block=1024) → quantize(bits=4, chunk=512)" in page  # the default pipeline
     participation = json.loads((dp_run / "participation.json").read_text())
     assert f"{len(participation['counts'])} of {participation['phones']} phones reported" in page
 
