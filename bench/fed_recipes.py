@@ -74,7 +74,7 @@ def table(
         f"({first['pipeline']}), and compares the final held-out recall@1 (the same held-out word positions for",
         "every run). Settings shared by all: " + ", ".join(f"`{c}`" for c in common) + ".",
         "Reports are the phone updates the server averaged over the whole run (the local computation spent).",
-        f"Wall times are upper bounds: up to {parallel} runs shared the machine.",
+        f"Wall times are upper bounds: the runs went {parallel} at a time, and other jobs may have shared the machine.",
         "",
         "| recipe | its settings | rounds | cohort | reports | held-out recall@1 | recall@3 | uploaded | wall time |",
         "|---|---|---|---|---|---|---|---|---|",
