@@ -309,9 +309,7 @@ def main() -> None:
     print(f"summed-RSS basis: mem_vs_floor={mem['fedkey'].rss / mem['floor'].rss:.2f}")
     print("footprint at each engine's peak, MB: private pages by process, then shared pages (once)")
     for engine, tree in mem.items():
-        parts = sorted(tree.at_peak.private.items(), key=lambda item: -item[1])
-        listed = ", ".join(f"{name} {size / 1e6:.0f}" for name, size in parts if size >= 5e6)
-        print(f"  {engine}: {listed}, shared {tree.at_peak.shared / 1e6:.0f}")
+        print(f"  {engine}: {tree.at_peak.describe()}")
     print(
         f"RESULT speedup_vs_flower={rate['fedkey'] / rate['flower']:.2f} "
         f"speedup_vs_floor={rate['fedkey'] / rate['floor']:.2f} phones_per_s={rate['fedkey']:.2f} "

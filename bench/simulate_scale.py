@@ -13,7 +13,7 @@ Phones beyond chitchat's real training users type a real user's text (`populatio
 The local work is kept small so the rounds are about the fleet (small model, ≤ 16 messages, one pass
 in batches of 16); every reporting phone still trains, is encoded, decoded and aggregated.
 
-    .venv/bin/python bench/simulate_scale.py [--quick] [--data data/chitchat] [--rounds R]
+    .venv/bin/python bench/simulate_scale.py [--quick] [--data data/chitchat] [--rounds R] [--set KEY=VALUE ...]
 
 `--quick` scales everything down 20× (populations 5,000 and 1,000, cohorts 50 and 5).
 Last line: ``RESULT population=… cohort=… peak_mb=… peak_mb_smaller_population=… peak_mb_smaller_cohort=…
@@ -27,6 +27,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from fed_quality import start_simulation
 from tree_memory import watch_peak
@@ -34,9 +35,9 @@ from tree_memory import watch_peak
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def simulate(data: Path, population: int, cohort: int, rounds: int) -> dict[str, float]:
-    """One `fedkey simulate` run: peak tree footprint and summed RSS (MB), rounds run, mean wall seconds per
-    round after the first."""
+def simulate(data: Path, population: int, cohort: int, rounds: int, extra: list[str]) -> dict[str, Any]:
+    """One `fedkey simulate` run (``extra``: more --set overrides): peak tree footprint and summed RSS (MB),
+    the footprint's parts at its peak, rounds run, mean wall seconds per round after the first."""
     overrides = {
         "model.preset": '"small"',
         "population.size": population,
@@ -51,7 +52,8 @@ def simulate(data: Path, population: int, cohort: int, rounds: int) -> dict[str,
     }
     with tempfile.TemporaryDirectory(prefix="fedkey-scale-") as tmp:
         out = Path(tmp) / "run"
-        child = start_simulation(out, data, [f"{key}={value}" for key, value in overrides.items()], resume=False)
+        settings = [f"{key}={value}" for key, value in overrides.items()] + extra
+        child = start_simulation(out, data, settings, resume=False)
         peak = watch_peak(child, period_s=0.1)
         if child.returncode != 0:
             sys.exit(f"fedkey simulate failed:\n{(out / 'simulate.log').read_text()[-3000:]}")
@@ -59,6 +61,7 @@ def simulate(data: Path, population: int, cohort: int, rounds: int) -> dict[str,
     times = [r["wall_time_s"] for r in rows]
     return {
         "peak_mb": peak.footprint / 1e6,
+        "parts": peak.at_peak.describe(),
         "rss_mb": peak.rss / 1e6,
         "rounds": len(rows),
         "reported": sum(r["reported"] for r in rows) / len(rows),
@@ -71,6 +74,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="populations and cohorts 20x smaller")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "chitchat", help="a prepared data folder")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per run (default 3, 2 with --quick)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="more simulate settings, e.g. another pipeline"
+    )
     args = parser.parse_args()
     scale = 20 if args.quick else 1
     rounds = args.rounds or (2 if args.quick else 3)
@@ -83,10 +89,13 @@ def main() -> None:
     results = {}
     print(f"{'population':>10} {'cohort':>6} {'reported/round':>14} {'s/round':>8} {'peak MB':>8} {'RSS sum':>8}")
     for name, (pop, coh) in points.items():
-        results[name] = r = simulate(args.data, pop, coh, rounds)
+        results[name] = r = simulate(args.data, pop, coh, rounds, args.overrides)
         print(
             f"{pop:10,} {coh:6,} {r['reported']:14.0f} {r['s_per_round']:8.1f} {r['peak_mb']:8.0f} {r['rss_mb']:8.0f}"
         )
+    print("footprint at each peak, MB: private pages by process, then shared pages (once)")
+    for name, (pop, coh) in points.items():
+        print(f"  {pop:,} phones, cohort {coh:,}: {results[name]['parts']}")
     head = results["headline"]
     print(
         f"RESULT population={population} cohort={cohort} peak_mb={head['peak_mb']:.0f} "

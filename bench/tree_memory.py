@@ -30,6 +30,12 @@ class Footprint:
     def total(self) -> int:
         return sum(self.private.values()) + self.shared
 
+    def describe(self, min_bytes: float = 5e6) -> str:
+        """'kind MB, kind MB, ..., shared MB': private pages by kind of process, largest first."""
+        parts = sorted(self.private.items(), key=lambda item: -item[1])
+        listed = ", ".join(f"{name} {size / 1e6:.0f}" for name, size in parts if size >= min_bytes)
+        return f"{listed}, shared {self.shared / 1e6:.0f}"
+
 
 @dataclass
 class TreeMemory:
