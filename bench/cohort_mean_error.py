@@ -49,15 +49,16 @@ from fedkey.protocol.pipeline import UpdatePipeline, decode_batch
 from fedkey.protocol.pipeline_config import PipelineConfig
 
 SECTION = "## Update pipeline on real updates: the cohort mean (issue 5)"
-#: The default pipeline before this one (the RESULT line compares against it), and the earlier ones.
-PREVIOUS_DEFAULT = [{"kind": "top_k", "fraction": 0.25}, {"kind": "quantize", "bits": 8}]
-FORMER_DEFAULTS = {
-    "top_k(fraction=0.1) → quantize(bits=4, chunk=512)": " (default until 2026-11-27)",
-    "top_k(fraction=0.25) → quantize(bits=8, chunk=512)": " (default 2026-11-27 to 2026-12-06)",
-}
+#: The earlier default pipelines, oldest first, each with the tag its table row gets; the last is the
+#: one the RESULT line compares the default against.
+FORMER_DEFAULTS: list[tuple[list[dict[str, Any]], str]] = [
+    ([{"kind": "top_k", "fraction": 0.1}, {"kind": "quantize", "bits": 4}], " (default until 2026-11-27)"),
+    ([{"kind": "top_k", "fraction": 0.25}, {"kind": "quantize", "bits": 8}], " (default 2026-11-27 to 2026-12-06)"),
+]
+PREVIOUS_DEFAULT = FORMER_DEFAULTS[-1][0]
 CANDIDATES: list[list[dict[str, Any]]] = [
     PREVIOUS_DEFAULT,
-    [{"kind": "top_k", "fraction": 0.1}, {"kind": "quantize", "bits": 4}],
+    FORMER_DEFAULTS[0][0],
     [{"kind": "top_k", "fraction": 0.1}],
     [{"kind": "top_k", "fraction": 0.1}, {"kind": "quantize", "bits": 8}],
     [{"kind": "top_k", "fraction": 0.1}, {"kind": "quantize", "bits": 4, "chunk": 64}],
@@ -163,7 +164,7 @@ def main() -> None:
                 )
     elapsed = time.perf_counter() - started
 
-    tags = {**FORMER_DEFAULTS, default: " (default)"}
+    tags = {PipelineConfig.model_validate(c).describe(): tag for c, tag in FORMER_DEFAULTS} | {default: " (default)"}
 
     columns = [(s, n) for s in states for n in cohorts]
     lines = [
