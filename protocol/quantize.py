@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedkey.protocol.prng import STREAM_ROUNDING, derive, stream, to_uniform
+from fedkey.protocol.prng import STREAM_ROUNDING, derive, stream_into, to_uniform
 
 ALLOWED_BITS = (1, 2, 4, 8)
 
@@ -73,25 +73,32 @@ def _chunked(x: np.ndarray, chunk: int) -> np.ndarray:
 def quantize(
     x: np.ndarray, private_seeds: np.ndarray, bits: int, chunk: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantize float64 rows [n, m]; returns (codes uint8 [n, m], lo f32 [n, k], scale f32 [n, k])."""
+    """Quantize float64 rows [n, m]; returns (codes uint8 [n, m], lo f32 [n, k], scale f32 [n, k]).
+
+    Works through a range of columns at a time (whole chunks, all phones), so t, the rounding stream and
+    its temporaries stay in cache; the arithmetic is the module docstring's, operation for operation.
+    """
     n, m = x.shape
     lo, scale = chunk_ranges(x, chunk, bits)
-    lo64 = lo.astype(np.float64)[:, :, None]
-    s64 = scale.astype(np.float64)[:, :, None]
-    t = _chunked(x, chunk) - lo64
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(t, s64, out=t)
-    t[np.broadcast_to(s64 == 0, t.shape)] = 0.0
-    t = t.reshape(n, -1)[:, :m]
+    lo64 = lo.astype(np.float64)
+    # a chunk of equal values has s == 0 and x − lo == 0 everywhere: dividing by inf gives its t = 0
+    s64 = np.where(scale == 0, np.inf, scale.astype(np.float64))
+    levels = (1 << bits) - 1
     codes = np.empty((n, m), dtype=np.uint8)
     keys = derive(private_seeds, STREAM_ROUNDING)
-    width = max(1, _ROUNDING_VALUES // max(n, 1))
+    width = max(1, _ROUNDING_VALUES // max(n, 1) // chunk) * chunk
+    t_buf, r_buf, tmp = np.empty((n, width)), np.empty((n, width), np.uint64), np.empty((n, width), np.uint64)
     for start in range(0, m, width):
-        part = t[:, start : start + width]
-        part += to_uniform(stream(keys, start, part.shape[1]))
-        np.floor(part, out=part)
-        np.clip(part, 0, (1 << bits) - 1, out=part)
-        codes[:, start : start + width] = part
+        stop = min(m, start + width)
+        w, first, last = stop - start, start // chunk, -(-stop // chunk)
+        t = t_buf[:, :w]
+        np.subtract(x[:, start:stop], np.repeat(lo64[:, first:last], chunk, axis=1)[:, :w], out=t)
+        with np.errstate(divide="ignore", invalid="ignore"):  # an overflowing range is refused by the caller
+            np.divide(t, np.repeat(s64[:, first:last], chunk, axis=1)[:, :w], out=t)
+            t += to_uniform(stream_into(keys, start, r_buf[:, :w], tmp[:, :w]))
+            np.floor(t, out=t)
+            np.minimum(t, levels, out=t)  # t ≥ 0: lo ≤ every value
+            codes[:, start:stop] = t
     return codes, lo, scale
 
 
@@ -108,18 +115,19 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     """Pack codes [n, m] (values < 2^bits) LSB-first into bytes [n, ceil(m·bits/8)]."""
     n, m = codes.shape
     per = 8 // bits
-    padded = np.zeros((n, -(-m // per) * per), dtype=np.uint8)
-    padded[:, :m] = codes
-    grouped = padded.reshape(n, -1, per).astype(np.uint8)
-    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
-    return np.bitwise_or.reduce(grouped << shifts, axis=2).astype(np.uint8)
+    if m % per:
+        codes = np.concatenate([codes, np.zeros((n, per - m % per), dtype=np.uint8)], axis=1)
+    packed = codes[:, 0::per].copy()
+    for k in range(1, per):  # code j of a byte goes to bits j·b … j·b + b − 1
+        packed |= codes[:, k::per] << np.uint8(k * bits)
+    return packed
 
 
 def unpack(packed: np.ndarray, bits: int, m: int) -> np.ndarray:
     """Inverse of `pack`: bytes [n, nbytes] → codes uint8 [n, m]."""
-    n = packed.shape[0]
-    per = 8 // bits
-    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    n, per = packed.shape[0], 8 // bits
     mask = np.uint8((1 << bits) - 1)
-    codes = (packed[:, :, None] >> shifts) & mask
-    return codes.reshape(n, -1)[:, :m]
+    codes = np.empty((n, packed.shape[1] * per), dtype=np.uint8)
+    for k in range(per):
+        np.bitwise_and(packed >> np.uint8(k * bits), mask, out=codes[:, k::per])
+    return codes[:, :m]
