@@ -194,6 +194,13 @@ class SimulateConfig(_Strict):
     phone_hosts: int = Field(
         2, ge=1, description="Flower virtual SuperNodes (ClientApp instances), each running many phones"
     )
+    phones_per_message: int = Field(
+        50,
+        ge=1,
+        description="most phones one server message lists: a round's reporting phones go out in parts of at "
+        "most this many (at least one part per phone host) and each reply is decoded as it comes, so the "
+        "server and every host hold a few parts' updates at a time, not the cohort's",
+    )
     threads: int = Field(
         1, ge=1, description="torch / ONNX Runtime threads per phone host (training, evaluation) and bundle export"
     )

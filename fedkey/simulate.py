@@ -251,6 +251,7 @@ def _build_setup(config: FedkeyConfig, data_dir: str | Path) -> SimulationSetup:
         local_dp_delta=LocalAccountingConfig().delta if pipeline.local_mechanism() is not None else None,
         local_lr_schedule=sim.local_lr_schedule,
         rounds=sim.rounds,
+        phones_per_message=sim.phones_per_message,
     )
     task = HostTask(
         data_dir=str(Path(data_dir).resolve()),

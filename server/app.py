@@ -9,7 +9,8 @@ The data, population and phone-host task are built by the ``fedkey.simulate`` gl
 imports ``device_sim``).
 
 Each round runs :class:`~fedkey.server.strategy.FleetStrategy`'s ``configure_train`` ->
-``grid.send_and_receive`` (one message per phone host) -> ``aggregate_train``; every ``eval_every``
+messages out (parts of at most ``simulate.phones_per_message`` phones, at least one per phone host),
+replies decoded as they come -> ``aggregate_round``; every ``eval_every``
 rounds one phone host evaluates the global model on a seeded sample of held-out users
 (``configure_evaluate`` / ``aggregate_evaluate``). The server process holds the weights as numpy and
 never imports torch (250 MB per process): a phone host gives the initial weights and evaluates,
@@ -40,7 +41,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedkey.config import to_toml
 from fedkey.models.checkpoint_file import CheckpointFile
 from fedkey.models.manifest import flatten_params, param_layout, unflatten_weights
-from fedkey.server.stopping import STOP, RunInterrupted, exchange
+from fedkey.server.stopping import STOP, RunInterrupted, exchange, replies_as_they_come
 from fedkey.server.strategy import FleetStrategy, RoundRecord, query_initial_weights
 from fedkey.simulate import RunSettings, SimulationSetup, build_setup, config_from_run_config
 
@@ -100,16 +101,16 @@ class HostPlaces:
     hostnames: set[str] = field(default_factory=set)
     ray_nodes: set[str] = field(default_factory=set)
 
-    def observe(self, replies: Iterable[Message]) -> None:
-        """Record the place of every reply that carries one."""
+    def observing(self, replies: Iterable[Message]) -> Iterator[Message]:
+        """The replies, passed on one by one, recording the place of every reply that carries one."""
         for msg in replies:
-            if msg.has_error() or HOST_KEY not in msg.content.config_records:
-                continue
-            host = msg.content.config_records[HOST_KEY]
-            self.flower_nodes.add(msg.metadata.src_node_id)
-            self.hostnames.add(str(host.get("hostname", "")))
-            if host.get("ray-node-id"):
-                self.ray_nodes.add(str(host["ray-node-id"]))
+            if not msg.has_error() and HOST_KEY in msg.content.config_records:
+                host = msg.content.config_records[HOST_KEY]
+                self.flower_nodes.add(msg.metadata.src_node_id)
+                self.hostnames.add(str(host.get("hostname", "")))
+                if host.get("ray-node-id"):
+                    self.ray_nodes.add(str(host["ray-node-id"]))
+            yield msg
 
     def summary(self) -> dict[str, Any]:
         """The final.json entry: how many Flower nodes answered, on which machines and Ray nodes."""
@@ -250,9 +251,8 @@ class SimulationRun:
                     log.warning("stopping before round %d: the central DP budget would be exceeded", rnd)
                     break
                 messages = list(self.strategy.configure_train(rnd, self.strategy.arrays(), ConfigRecord(), grid))
-                replies = exchange(grid, messages, sim.host_timeout_s, self.checkpointed)
-                self.hosts.observe(replies)
-                record = self.strategy.aggregate_round(rnd, replies)
+                replies = replies_as_they_come(grid, messages, sim.host_timeout_s, self.checkpointed)
+                record = self.strategy.aggregate_round(rnd, self.hosts.observing(replies))
                 recall = None
                 if rnd == sim.rounds or (sim.eval_every and rnd % sim.eval_every == 0):
                     recall = self.evaluate(grid, rnd, self.setup.periodic_eval)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -65,21 +65,34 @@ class StopRequest:
 STOP = StopRequest()
 
 
-def exchange(
+def replies_as_they_come(
     grid: Grid, messages: Iterable[Message], timeout_s: float, resumable_after: int, stop: StopRequest = STOP
-) -> list[Message]:
-    """``grid.send_and_receive`` that gives up when ``stop.immediate`` is set (raises
-    :class:`RunInterrupted`): pushes the messages and polls for their replies until all have come or
-    ``timeout_s`` has passed."""
-    waiting = set(grid.push_messages(messages))
-    replies: list[Message] = []
-    deadline = time.monotonic() + timeout_s
+) -> Iterator[Message]:
+    """``grid.send_and_receive`` that hands each reply on as it comes (so a consumer can let one go
+    before the next arrives) and gives up when ``stop.immediate`` is set (raises
+    :class:`RunInterrupted`): pushes the messages at once (the grid gives each its id), then the
+    iterator polls for their replies until all have come or ``timeout_s`` has passed."""
+    waiting = {i for i in grid.push_messages(messages) if i}  # a deployment grid gives None for a failed push
+    return _replies(grid, waiting, time.monotonic() + timeout_s, resumable_after, stop)
+
+
+def _replies(
+    grid: Grid, waiting: set[str], deadline: float, resumable_after: int, stop: StopRequest
+) -> Iterator[Message]:
     while waiting and time.monotonic() < deadline:
         if stop.immediate:
             raise RunInterrupted(resumable_after)
         pulled = list(grid.pull_messages(waiting))
-        replies += pulled
         waiting -= {m.metadata.reply_to_message_id for m in pulled}
+        pulled.reverse()
+        while pulled:
+            yield pulled.pop()
         if waiting:
             time.sleep(POLL_S)
-    return replies
+
+
+def exchange(
+    grid: Grid, messages: Iterable[Message], timeout_s: float, resumable_after: int, stop: StopRequest = STOP
+) -> list[Message]:
+    """All the replies of :func:`replies_as_they_come` at once."""
+    return list(replies_as_they_come(grid, messages, timeout_s, resumable_after, stop))

@@ -10,18 +10,22 @@ One round (Bonawitz et al. 2019: selection -> configuration -> reporting), ``con
    or at the goal count's report; later phones are stragglers. **Phones that will not report are not
    trained**: their work would be discarded anyway, so the simulation only pays for reports that
    count (their download is still counted in ``bytes_down``).
-4. Split the reporting phones round-robin over the phone hosts (Flower nodes) and send each host ONE
-   message: the global weights (``ArrayRecord`` "arrays": one flat float32 vector "weights") and a
-   ``ConfigRecord`` "config" with ``phone-ids``, ``phone-seeds``, ``round``, ``model-version`` and the
-   run's task settings (local training, pipeline, ...), which this class passes through untouched.
+4. Cut the reporting phones, in phone-id order, into parts of at most ``phones_per_message`` (and at
+   least one part per phone host), deal the parts round-robin to the phone hosts (Flower nodes) and
+   send one message per part: the global weights (``ArrayRecord`` "arrays": one flat float32 vector
+   "weights") and a ``ConfigRecord`` "config" with ``phone-ids``, ``phone-seeds``, ``round``,
+   ``model-version`` and the run's task settings (local training, pipeline, ...), which this class
+   passes through untouched. A host runs all the phones a message lists.
 
-``aggregate_train`` reads each host's reply — ``ConfigRecord`` "updates" (``phone-ids``, ``payloads``:
+``aggregate_train`` reads each part's reply — ``ConfigRecord`` "updates" (``phone-ids``, ``payloads``:
 one wire-format message per phone) and ``MetricRecord`` "metrics" (per-phone ``examples``, ``tokens``,
 ``loss`` lists) — and decodes every phone's update on its own. An update is rejected (counted, logged,
 the round goes on) when it does not decode (a typed ``WireFormatError``), claims another phone, round
-or model version, was not asked for, or comes with no examples; a host whose reply is an error loses
-its phones' updates the same way. Accepted updates are combined in phone-id order (the result does not
-depend on reply order):
+or model version, was not asked for, or comes with no examples; a part whose reply is an error, or
+never comes, loses its phones' updates the same way. Replies are read as they come (``replies`` may be
+a generator): a part is decoded once every earlier part has been, and then let go, so the server holds
+the updates of a few parts at a time, not of the cohort. Accepted updates are combined in phone-id
+order, so the result depends neither on reply order nor on how many hosts there are:
 
 - without central DP: the example-weighted mean of the deltas;
 - with central DP (DP-FedAvg, McMahan et al. 2018): each decoded delta clipped to C, summed, plus
@@ -43,7 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -110,10 +114,11 @@ class FleetStrategySettings:
     local_dp_delta: float | None = None  # per-phone ledger δ when the pipeline has local DP noise
     local_lr_schedule: Schedule = "constant"  # the task's "lr" in round r is scaled by lr_factor(r - 1, rounds)
     rounds: int = 1
+    phones_per_message: int = 50
 
     def __post_init__(self) -> None:
-        if self.cohort_size < 1 or self.min_reports < 1 or self.deadline_s <= 0:
-            raise StrategyError("cohort_size and min_reports must be >= 1 and deadline_s > 0")
+        if self.cohort_size < 1 or self.min_reports < 1 or self.phones_per_message < 1 or self.deadline_s <= 0:
+            raise StrategyError("cohort_size, min_reports and phones_per_message must be >= 1 and deadline_s > 0")
         if self.round_interval_s < 0:
             raise StrategyError("round_interval_s must be >= 0")
         if self.sampling == "poisson" and self.poisson_rate is None:
@@ -141,6 +146,16 @@ class RoundRecord:
     rejections: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One message of a round: the phone host it went to, the phones it lists, the message itself
+    (whose id, set when the grid pushes it, is what the reply answers)."""
+
+    node: int
+    phones: frozenset[int]
+    message: Message
+
+
 @dataclass
 class _Plan:
     round: int
@@ -151,13 +166,12 @@ class _Plan:
     stragglers: int
     close_s: float
     bytes_down: int
-    assignment: dict[int, set[int]]  # node id -> phone ids sent to it
+    parts: list[_Part]  # in phone-id order
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Report:
     phone_id: int
-    payload: bytes
     examples: int
     loss: float
 
@@ -275,23 +289,22 @@ class FleetStrategy(Strategy):
         if reporting.size and not nodes:
             raise StrategyError("no phone host (Flower node) is connected")
         seeds = self.fleet.phone_seeds(reporting, server_round)
-        assignment: dict[int, set[int]] = {}
-        messages = []
+        parts: list[_Part] = []
         base = dict(self.task_config) | dict(config)
         base["lr"] = float(base["lr"]) * lr_factor(s.local_lr_schedule, server_round - 1, s.rounds)  # type: ignore[arg-type]
-        for h, node in enumerate(nodes):
-            ids = reporting[h :: len(nodes)]
-            if ids.size == 0:
-                continue
-            assignment[node] = {int(i) for i in ids}
+        count = min(reporting.size, max(len(nodes), -(-reporting.size // s.phones_per_message)))
+        splits = zip(np.array_split(reporting, count), np.array_split(seeds, count), strict=True) if count else ()
+        for j, (ids, part_seeds) in enumerate(splits):
             task = base | {
                 "phone-ids": [int(i) for i in ids],
-                "phone-seeds": [int(x) for x in seeds[h :: len(nodes)]],
+                "phone-seeds": [int(x) for x in part_seeds],
                 "round": server_round,
                 "model-version": self.model_version,
             }
             content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord(task)})
-            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
+            node = nodes[j % len(nodes)]
+            message = Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
+            parts.append(_Part(node, frozenset(int(i) for i in ids), message))
         self._plan = _Plan(
             round=server_round,
             model_version=self.model_version,
@@ -301,9 +314,9 @@ class FleetStrategy(Strategy):
             stragglers=int(np.sum(outcome.straggler)),
             close_s=float(outcome.close_s),
             bytes_down=model_bytes * int(outcome.ids.size),
-            assignment=assignment,
+            parts=parts,
         )
-        return messages
+        return [p.message for p in parts]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -348,24 +361,31 @@ class FleetStrategy(Strategy):
         def reject(reason: str, count: int = 1) -> None:
             rejections[reason] = rejections.get(reason, 0) + count
 
-        reports, bytes_up = self._collect(plan, replies, reject)
         s = self.settings
         dp = s.central_dp
         # one running sum, updates decoded one at a time: memory stays O(d) whatever the cohort
         total = np.zeros(self.dim, np.float64)
         accepted: list[_Report] = []
-        for r in reports:
-            update = self._decode(plan, r, reject)
-            if update is None:
-                continue
-            if dp is not None:
-                clipped, _ = clip_rows(update.delta[None, :], dp.clip_norm)
-                total += clipped[0]
-            else:
-                total += r.examples * update.delta.astype(np.float64)
-            accepted.append(r)
-            ledger_record = update.ledger_record()
-            if self.ledger is not None and ledger_record is not None:
+        ledger_records: list[dict[str, Any]] = []
+        bytes_up = 0
+        for reports, part_bytes in self._parts_in_order(plan, replies, reject):
+            bytes_up += part_bytes
+            for r, payload in reports:
+                update = self._decode(plan, r, payload, reject)
+                if update is None:
+                    continue
+                if dp is not None:
+                    clipped, _ = clip_rows(update.delta[None, :], dp.clip_norm)
+                    total += clipped[0]
+                else:
+                    total += r.examples * update.delta.astype(np.float64)
+                accepted.append(r)
+                ledger_record = update.ledger_record()
+                if ledger_record is not None:
+                    ledger_records.append(ledger_record)
+        # nothing is recorded until every reply has been read: a run stopped mid-round resumes cleanly
+        if self.ledger is not None:
+            for ledger_record in ledger_records:
                 self.ledger.record(**ledger_record)
         updated = False
         if dp is not None:
@@ -412,47 +432,30 @@ class FleetStrategy(Strategy):
             return self.ledger.max_epsilon(), self.ledger.delta
         return None, None
 
-    def _collect(self, plan: _Plan, replies: Iterable[Message], reject: Any) -> tuple[list[_Report], int]:
-        """Per-phone reports out of the hosts' replies, checked against what each host was asked."""
-        reports: dict[int, _Report] = {}
-        bytes_up = 0
-        answered: set[int] = set()
+    def _parts_in_order(
+        self, plan: _Plan, replies: Iterable[Message], reject: Any
+    ) -> Iterator[tuple[list[tuple[_Report, bytes]], int]]:
+        """Each part's (report, payload) pairs in phone-id order and its uploaded bytes, part by part in
+        order, as soon as a part and every earlier one have answered (a later part's reply waits); parts
+        that never answer lose their phones. Replies to other messages, and second replies, are ignored."""
+        index = {p.message.metadata.message_id: j for j, p in enumerate(plan.parts)}
+        waiting: dict[int, Message] = {}
+        done = 0  # parts yielded
         for msg in replies:
-            node = msg.metadata.src_node_id
-            asked = plan.assignment.get(node)
-            if asked is None or node in answered:
+            j = index.get(msg.metadata.reply_to_message_id)
+            if j is None or j < done or j in waiting or msg.metadata.src_node_id != plan.parts[j].node:
                 continue
-            answered.add(node)
-            if msg.has_error():
-                log.warning("phone host %d failed: %s", node, msg.error.reason)
-                reject("phone host failed", len(asked))
-                continue
-            try:
-                ids, payloads, examples, losses = _read_reply(msg.content)
-            except (KeyError, TypeError, ValueError) as err:
-                log.warning("phone host %d sent a malformed reply: %s", node, err)
-                reject("malformed host reply", len(asked))
-                continue
-            for phone, payload, n, loss in zip(ids, payloads, examples, losses, strict=True):
-                bytes_up += len(payload)
-                if phone not in asked or phone in reports:
-                    reject("phone not asked (or twice)")
-                elif n < 1 or not np.isfinite(loss):
-                    reject("no examples or non-finite loss")
-                else:
-                    reports[phone] = _Report(phone, payload, n, loss)
-            missing = len(asked - set(ids))
-            if missing:
-                reject("missing from host reply", missing)
-        for node, asked in plan.assignment.items():
-            if node not in answered:
-                reject("phone host did not answer", len(asked))
-        return [reports[p] for p in sorted(reports)], bytes_up
+            waiting[j] = msg
+            while done in waiting:
+                yield _part_reports(plan.parts[done], waiting.pop(done), reject)
+                done += 1
+        for j in range(done, len(plan.parts)):
+            yield _part_reports(plan.parts[j], waiting.pop(j, None), reject)
 
-    def _decode(self, plan: _Plan, report: _Report, reject: Any) -> DecodedUpdate | None:
+    def _decode(self, plan: _Plan, report: _Report, payload: bytes, reject: Any) -> DecodedUpdate | None:
         """One phone's update, or None (counted as rejected) if it does not decode or does not match."""
         try:
-            update = decode(report.payload, self.dim)
+            update = decode(payload, self.dim)
         except WireFormatError as err:
             reject(f"undecodable ({type(err).__name__})")
             return None
@@ -533,6 +536,36 @@ def _only_reply(replies: Iterable[Message], what: str) -> Message:
         error = replies[0].error
         raise StrategyError(f"{what} failed on phone host {replies[0].metadata.src_node_id}: {error.reason}")
     return replies[0]
+
+
+def _part_reports(part: _Part, msg: Message | None, reject: Any) -> tuple[list[tuple[_Report, bytes]], int]:
+    """A part's valid (report, payload) pairs in phone-id order and the bytes its reply uploaded; what is
+    wrong with it (no reply, an error, a malformed reply, phones not asked...) goes to ``reject``."""
+    if msg is None:
+        reject("phone host did not answer", len(part.phones))
+        return [], 0
+    if msg.has_error():
+        log.warning("phone host %d failed: %s", part.node, msg.error.reason)
+        reject("phone host failed", len(part.phones))
+        return [], 0
+    try:
+        ids, payloads, examples, losses = _read_reply(msg.content)
+    except (KeyError, TypeError, ValueError) as err:
+        log.warning("phone host %d sent a malformed reply: %s", part.node, err)
+        reject("malformed host reply", len(part.phones))
+        return [], 0
+    reports: dict[int, tuple[_Report, bytes]] = {}
+    for phone, payload, n, loss in zip(ids, payloads, examples, losses, strict=True):
+        if phone not in part.phones or phone in reports:
+            reject("phone not asked (or twice)")
+        elif n < 1 or not np.isfinite(loss):
+            reject("no examples or non-finite loss")
+        else:
+            reports[phone] = (_Report(phone, n, loss), payload)
+    missing = len(part.phones - set(ids))
+    if missing:
+        reject("missing from host reply", missing)
+    return [reports[p] for p in sorted(reports)], sum(len(p) for p in payloads)
 
 
 def _read_reply(content: RecordDict) -> tuple[list[int], list[bytes], list[int], list[float]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from fedkey.device_sim.phone_host import EvalTask, HostTask
 from fedkey.models.cifg_lstm import initial_weights, model_from_weights
 from fedkey.models.evaluate import evaluate_model
 from fedkey.models.schedules import lr_factor
+from fedkey.server.stopping import RunInterrupted
 from fedkey.server.strategy import FleetStrategy, StrategyError, query_initial_weights
 from fedkey.simulate import build_setup
 
@@ -214,13 +217,72 @@ def test_same_seed_same_rounds(prepared):
     assert run_round(other, LocalGrid(), 1)[0] != runs[0][0][0]
 
 
-def test_result_does_not_depend_on_the_number_of_hosts(prepared):
-    weights = []
-    for hosts in (1, 3):
-        strategy = strategy_for(prepared)
-        run_round(strategy, LocalGrid(n_nodes=hosts), 1)
+def test_result_does_not_depend_on_hosts_or_message_parts(prepared):
+    """Phones train alone and the server sums in phone-id order: how the cohort is cut into messages
+    and dealt to hosts changes nothing, to the bit."""
+    weights, parts = [], []
+    for hosts, per_message in ((1, 50), (3, 50), (1, 2), (2, 1)):
+        strategy = strategy_for(prepared, f"simulate.phones_per_message={per_message}")
+        record, messages = run_round(strategy, LocalGrid(n_nodes=hosts), 1)
         weights.append(strategy.weights)
-    np.testing.assert_allclose(weights[0], weights[1], atol=1e-6)
+        parts.append([len(m.content.config_records["config"]["phone-ids"]) for m in messages])
+        assert record.accepted == record.reported == sum(parts[-1])
+    assert [len(p) for p in parts] == [1, 3, math.ceil(parts[0][0] / 2), parts[0][0]]
+    assert all(max(p) <= per for p, per in zip(parts, (50, 50, 2, 1), strict=True))
+    for other in weights[1:]:
+        np.testing.assert_array_equal(weights[0], other)
+
+
+def one_by_one(replies: list, check_released: bool):
+    """The replies one at a time, the list letting each go; with ``check_released``, asserts when handing
+    on reply i that reply i - 2 is gone (the consumer may still hold the one before)."""
+    alive: list[weakref.ref] = []
+    for i in range(len(replies)):
+        reply, replies[i] = replies[i], None
+        gc.collect()
+        if check_released and i >= 2:
+            assert alive[i - 2]() is None, f"reply {i - 2} is still held"
+        alive.append(weakref.ref(reply))
+        yield reply
+        del reply
+
+
+def test_replies_are_decoded_as_they_come_and_their_order_does_not_matter(prepared):
+    """A part's reply is let go once decoded (the server never holds the cohort's updates), a reply
+    that comes early waits for the earlier parts, and the result is the same in any order."""
+    results = []
+    for order in (1, -1):
+        strategy = strategy_for(prepared, "simulate.cohort_size=8", "simulate.phones_per_message=2")
+        grid = LocalGrid(n_nodes=1)
+        messages = list(strategy.configure_train(1, strategy.arrays(), ConfigRecord(), grid))
+        replies = grid.send_and_receive(messages)[::order]
+        assert len(replies) >= 4
+        record = strategy.aggregate_round(1, one_by_one(replies, check_released=order == 1))
+        assert record.accepted == record.reported
+        results.append(strategy.weights)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_a_round_stopped_while_replies_come_changes_nothing(prepared):
+    strategy = strategy_for(
+        prepared,
+        "simulate.phones_per_message=2",
+        "pipeline=[{kind='clip', norm=0.5}, {kind='gaussian_noise', epsilon=2.0, delta=1e-6}]",
+    )
+    grid = LocalGrid(n_nodes=1)
+    before = strategy.weights.copy()
+    messages = list(strategy.configure_train(1, strategy.arrays(), ConfigRecord(), grid))
+    replies = grid.send_and_receive(messages)
+
+    def stopped_after_two():
+        yield from replies[:2]
+        raise RunInterrupted(0)
+
+    with pytest.raises(RunInterrupted):
+        strategy.aggregate_round(1, stopped_after_two())
+    assert strategy.ledger is not None and strategy.ledger.phones() == []
+    assert strategy.participation == {} and strategy.model_version == 0
+    np.testing.assert_array_equal(before, strategy.weights)
 
 
 def test_local_dp_reports_are_recorded_per_phone(prepared):

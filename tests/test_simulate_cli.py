@@ -49,6 +49,7 @@ def test_cli_runs_rounds_through_flower_and_writes_every_output(prepared, tmp_pa
     assert [line["round"] for line in lines] == [1, 2]
     assert all(tuple(line) == METRIC_KEYS for line in lines)
     assert all(line["reported"] == 5 and line["selected"] == 7 and line["bytes_up"] > 0 for line in lines)
+    assert all(line["rejected"] == 0 for line in lines)  # every reply found its message (one per host here)
     assert lines[1]["recall@1"] is not None and lines[0]["sim_time_s"] < lines[1]["sim_time_s"]
     assert "rounds (stopped by rounds)" in proc.stderr
     for name in ("config.toml", "checkpoint.pt", "participation.json", "final.json"):
