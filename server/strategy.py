@@ -432,8 +432,9 @@ class FleetStrategy(Strategy):
             return self.ledger.max_epsilon(), self.ledger.delta
         return None, None
 
+    @staticmethod
     def _parts_in_order(
-        self, plan: _Plan, replies: Iterable[Message], reject: Any
+        plan: _Plan, replies: Iterable[Message], reject: Any
     ) -> Iterator[tuple[list[tuple[_Report, bytes]], int]]:
         """Each part's (report, payload) pairs in phone-id order and its uploaded bytes, part by part in
         order, as soon as a part and every earlier one have answered (a later part's reply waits); parts
