@@ -84,7 +84,7 @@ def _replies(
             raise RunInterrupted(resumable_after)
         pulled = list(grid.pull_messages(waiting))
         waiting -= {m.metadata.reply_to_message_id for m in pulled}
-        pulled.reverse()
+        pulled.reverse()  # popped from the end, each reply leaves the list as it is handed on
         while pulled:
             yield pulled.pop()
         if waiting:
