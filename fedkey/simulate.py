@@ -123,10 +123,9 @@ class SimulationSetup:
     final_eval: dict[str, ConfigRecordValues]  # EvalTask of the final evaluation (all held-out users)
 
 
-def user_flops(data: FederatedData, model: ModelConfig, config: FedkeyConfig) -> np.ndarray:
-    """Local-training FLOPs of each real training user's phone in one round (padded positions count)."""
+def local_steps(data: FederatedData, config: FedkeyConfig) -> np.ndarray:
+    """Expected local SGD steps of each real training user's phone in one round (float64)."""
     sim = config.simulate
-    per_position = train_flops_per_position(model)
     out = np.empty(len(data.train_users), np.float64)
     for i, user in enumerate(data.train_users):
         limit = sim.max_messages_per_phone or len(user.messages)
@@ -136,9 +135,14 @@ def user_flops(data: FederatedData, model: ModelConfig, config: FedkeyConfig) ->
             rows = len(message_sequences(data.tokenizer, user.messages, sim.seq_len))
             rows = round(rows * min(1.0, limit / len(user.messages)))
         batches = max(1, math.ceil(rows / sim.local_batch_size))
-        steps = sim.local_steps or max(1, math.ceil(sim.local_epochs * batches))
-        out[i] = steps * sim.local_batch_size * sim.seq_len * per_position
+        out[i] = sim.local_steps or max(1, math.ceil(sim.local_epochs * batches))
     return out
+
+
+def user_flops(data: FederatedData, model: ModelConfig, config: FedkeyConfig) -> np.ndarray:
+    """Local-training FLOPs of each real training user's phone in one round (padded positions count)."""
+    sim = config.simulate
+    return local_steps(data, config) * sim.local_batch_size * sim.seq_len * train_flops_per_position(model)
 
 
 def upload_estimate(pipeline: UpdatePipeline, seed: int) -> int:
