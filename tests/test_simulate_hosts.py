@@ -17,7 +17,7 @@ from fedkey.models.manifest import flatten_params, param_layout
 from fedkey.models.onnx_local_update import Batches, LocalUpdateError, local_update_torch
 from fedkey.models.sequences import encode_sequences
 from fedkey.protocol.pipeline import decode
-from fedkey.simulate import build_setup
+from fedkey.simulate import build_setup, local_steps
 
 torch.set_num_threads(1)
 
@@ -127,3 +127,22 @@ def test_local_dropout_is_seeded_per_phone_and_regularises():
     np.testing.assert_allclose(tiny.deltas, plain.deltas, atol=1e-5)  # masks of ones: the plain update
     with pytest.raises(LocalUpdateError, match="seed"):
         train_phones(MODEL, weights, batches, steps, dropout=0.3, **kw)
+
+
+@pytest.mark.parametrize(("selection", "cap", "exact"), [("first", 8, True), ("sample", 0, True), ("sample", 8, False)])
+def test_the_round_time_models_steps_are_those_phones_train(prepared, selection, cap, exact):
+    # The device model times a phone's round by local_steps' count; the host counts the batches it trains.
+    # A sample of a phone's messages has windows that vary with the sample: the model uses their mean.
+    config = tiny_config(
+        f'simulate.message_selection="{selection}"',
+        f"simulate.max_messages_per_phone={cap}",
+        "simulate.local_epochs=1.5",
+    )
+    setup = build_setup(config, prepared.root)
+    host = PhoneHost(setup.task)
+    expected = local_steps(setup.data, config)
+    trained = np.array([host.phone_batches(user, seed=user)[1] for user in range(len(host.users))])
+    if exact:
+        np.testing.assert_array_equal(expected, trained)
+    else:
+        assert abs(expected.mean() / trained.mean() - 1) < 0.05
