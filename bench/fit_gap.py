@@ -77,9 +77,8 @@ def fed_passes(run: Path, data_dir: Path) -> float:
     """Expected message passes of the run's schedule per message of the phones' training text."""
     config = load_config(run / "config.toml")
     coverage = schedule_coverage(build_setup(config, data_dir))
-    sim = config.simulate
-    trained = np.minimum(coverage.text, sim.max_messages_per_phone or coverage.text.max())
-    return float(np.sum(coverage.reports * trained) * sim.local_epochs / coverage.text.sum())
+    trained = coverage.messages_trained(config.simulate.max_messages_per_phone, config.simulate.local_epochs)
+    return float(trained.sum() / coverage.text.sum())
 
 
 def main() -> None:

@@ -63,8 +63,7 @@ def measure(overrides: list[str], data: Path, rounds: int, heavy: int) -> dict[s
     messages = np.array([len(u.messages) for u in setup.data.train_users], np.int64)
     trained = np.minimum(messages, sim.max_messages_per_phone or messages.max())
     coverage = schedule_coverage(setup)
-    phone_trained = np.minimum(coverage.text, sim.max_messages_per_phone or coverage.text.max())
-    passes = coverage.reports * phone_trained * sim.local_epochs
+    passes = coverage.messages_trained(sim.max_messages_per_phone, sim.local_epochs)
     is_heavy = coverage.text > heavy
     return {
         "steps": float(local_steps(setup.data, config).mean()),

@@ -47,6 +47,12 @@ class Coverage:
     def reports_per_round(self) -> float:
         return float(self.per_round.mean())
 
+    def messages_trained(self, max_messages: int, local_epochs: float) -> np.ndarray:
+        """Expected message passes each phone trains over the schedule: its reports × ``local_epochs``
+        passes over at most ``max_messages`` of its messages (0 = all); float64, one entry per phone."""
+        cap = max_messages or int(self.text.max())
+        return self.reports * np.minimum(self.text, cap) * float(local_epochs)
+
 
 def schedule_coverage(setup: SimulationSetup, rounds: int | None = None) -> Coverage:
     """Replay ``rounds`` (default: the config's) rounds of selection and reporting of ``setup``."""

@@ -13,7 +13,7 @@ import torch
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from simulate_helpers import LocalGrid, tiny_config
 
-from fedkey.coverage import schedule_coverage
+from fedkey.coverage import Coverage, schedule_coverage
 from fedkey.device_sim.federated_data import FederatedData, sample_messages
 from fedkey.device_sim.phone_host import EvalTask, HostTask
 from fedkey.models.cifg_lstm import initial_weights, model_from_weights
@@ -80,6 +80,14 @@ def test_schedule_coverage_replays_the_rounds_a_run_makes(prepared, interval):
     never = coverage.reports == 0
     assert 0 < coverage.phones_never == never.sum() < len(never)
     assert coverage.text_never == pytest.approx(coverage.text[never].sum() / coverage.text.sum())
+
+
+def test_messages_trained_caps_each_report_at_the_phones_limit():
+    coverage = Coverage(
+        rounds=4, span_s=0.0, reports=np.array([0, 2, 3]), text=np.array([10, 100, 5]), per_round=np.ones(4)
+    )
+    np.testing.assert_array_equal(coverage.messages_trained(64, 2.0), [0.0, 256.0, 30.0])
+    np.testing.assert_array_equal(coverage.messages_trained(0, 1.5), [0.0, 300.0, 22.5])  # 0: no cap
 
 
 def test_tight_deadline_makes_stragglers_and_a_shorter_round(prepared):
