@@ -60,19 +60,19 @@ def measure(overrides: list[str], data: Path, rounds: int, heavy: int) -> dict[s
     config = load_config(None, [*BASE, f"simulate.rounds={rounds}", *overrides])
     sim = config.simulate
     setup = build_setup(config, data)
-    messages = np.array([len(u.messages) for u in setup.data.train_users], np.int64)
-    trained = np.minimum(messages, sim.max_messages_per_phone or messages.max())
-    coverage = schedule_coverage(setup)
+    coverage = schedule_coverage(setup)  # the default population: one phone per training user
+    text = coverage.text
+    trained = np.minimum(text, sim.max_messages_per_phone or text.max())
     passes = coverage.messages_trained(sim.max_messages_per_phone, sim.local_epochs)
-    is_heavy = coverage.text > heavy
+    is_heavy = text > heavy
     return {
         "steps": float(local_steps(setup.data, config).mean()),
         "messages": float(trained.mean()),
-        "covered": float(trained.sum() / messages.sum()),
+        "covered": float(trained.sum() / text.sum()),
         "reports": float(coverage.reports.sum()),
-        "heavy_passes": float(passes[is_heavy].sum() / coverage.text[is_heavy].sum()),
-        "light_passes": float(passes[~is_heavy].sum() / coverage.text[~is_heavy].sum()),
-        "heavy_text": float(messages[messages > heavy].sum() / messages.sum()),
+        "heavy_passes": float(passes[is_heavy].sum() / text[is_heavy].sum()),
+        "light_passes": float(passes[~is_heavy].sum() / text[~is_heavy].sum()),
+        "heavy_text": float(text[is_heavy].sum() / text.sum()),
     }
 
 
