@@ -27,6 +27,8 @@ from pathlib import Path
 
 from fed_quality import finished_run, run_all, shown, write_section
 
+from fedkey.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 TITLE = "Federated training recipes"  # the docs/results.md section: "## TITLE (issue 5)"
 #: Shared by the default recipes: the fed_quality recipe's local work (small batches, two passes, a
@@ -66,13 +68,16 @@ def table(
     parallel: int,
 ) -> str:
     first = next(iter(runs.values()))
+    pipeline = load_config(None, common).pipeline.describe()
     lines = [
         f"## {title} (issue 5)",
         "",
         f"`bench/fed_recipes.py` runs `fedkey simulate` once per recipe, {first['simulate'].cohort_size} reporting "
-        "phones a round (unless a recipe sets its own rounds or cohort), same data, model, seed and update pipeline",
-        f"({first['pipeline']}), and compares the final held-out recall@1 (the same held-out word positions for",
-        "every run). Settings shared by all: " + ", ".join(f"`{c}`" for c in common) + ".",
+        "phones a round (unless a recipe sets its own rounds or cohort), same data, model and seed, update pipeline",
+        f"{pipeline} unless a recipe sets its own (`pipeline=[]`: raw float32 deltas), and compares the final",
+        "held-out recall@1 (the same held-out word positions for every run). Settings shared by all: "
+        + ", ".join(f"`{c}`" for c in common)
+        + ".",
         "Reports are the phone updates the server averaged over the whole run (the local computation spent).",
         f"Wall times are upper bounds: the runs went {parallel} at a time, and other jobs may have shared the machine.",
         "",
