@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from fedkey.config import ConfigError, FedkeyConfig, load_config
+from fedkey.run_lock import RunFolderBusyError
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -34,9 +35,10 @@ def effective_config(
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected input errors (bad config, corpus, checkpoint, bundle) into one red line and exit 2."""
+    """Turn expected input errors (bad config, corpus, checkpoint, bundle, a run folder in use) into one
+    red line and exit 2."""
     try:
         yield
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, RunFolderBusyError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fedkey.cli_common import ConfigOption, SetOption, console, effective_config, user_errors
 from fedkey.config import to_toml
+from fedkey.run_lock import run_folder_lock
 
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
 data_app = typer.Typer(help="Turn a corpus into per-user federated data.", no_args_is_help=True)
@@ -96,7 +97,7 @@ def train_central_command(
 
     cfg = effective_config(config, set_)
     fd = _load_data(data)
-    with user_errors():
+    with user_errors(), run_folder_lock(out):
         final = train_central(cfg, fd, out, resume=resume)
     _print_final(final)
     console.print(f"run folder: {out}  (metrics.jsonl, metrics.png, best.pt, final.json)")

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from fedkey.cli_common import ConfigOption, SetOption, console, user_errors
 from fedkey.config import SimulateConfig, load_run_config, to_toml
+from fedkey.run_lock import run_folder_lock
 
 if TYPE_CHECKING:
     from fedkey.simulate import SimulationSetup
@@ -106,8 +107,6 @@ def simulate_command(
     if plan:
         print_plan(setup)
         return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(to_toml(cfg))
     run_config = {
         "config-file": str(out / "config.toml"),
         "data-dir": str(data_dir),
@@ -116,7 +115,8 @@ def simulate_command(
         "progress": True,
     }
     try:
-        with user_errors():
+        with user_errors(), run_folder_lock(out):
+            (out / "config.toml").write_text(to_toml(cfg))
             run_local(run_config, verbose=verbose)
     except RunInterrupted as stop:
         if stop.resumable_after:

@@ -29,6 +29,7 @@ a ``fedkey export`` child process. Outputs in the run folder:
                        machine names, Ray node ids; :class:`HostPlaces`)
     bundle/            on-device artifact bundle of the final model (models.bundle)
     report.html        self-contained report with plots (fedkey.report), written last
+    .lock              held while a run writes the folder: a second run into it is refused (fedkey.run_lock)
 
 ``resume`` continues after the checkpoint's round with the same results as an uninterrupted run.
 """
@@ -54,6 +55,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedkey.config import to_toml
 from fedkey.models.checkpoint_file import CheckpointFile
 from fedkey.models.manifest import flatten_params, param_layout, unflatten_weights
+from fedkey.run_lock import run_folder_lock
 from fedkey.server.stopping import STOP, RunInterrupted, exchange, replies_as_they_come
 from fedkey.server.strategy import FleetStrategy, RoundRecord, query_initial_weights
 from fedkey.simulate import RunSettings, SimulationSetup, build_setup, config_from_run_config
@@ -347,10 +349,11 @@ def serve(grid: Grid, run_config: Mapping[str, Any]) -> None:
     settings = config_from_run_config(run_config)
     setup = build_setup(settings.config, settings.data_dir)
     run = SimulationRun(settings, setup)
-    run.prepare_outputs()
-    nodes = wait_for_nodes(grid, settings.config.simulate.phone_hosts)
-    log.info("%d phone host(s) connected", len(nodes))
-    run.run(grid)
+    with run_folder_lock(settings.out):
+        run.prepare_outputs()
+        nodes = wait_for_nodes(grid, settings.config.simulate.phone_hosts)
+        log.info("%d phone host(s) connected", len(nodes))
+        run.run(grid)
 
 
 def make_server_app(run_config: Mapping[str, Any]) -> ServerApp:
