@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from fedkey.config import default_pipeline, load_config
+from fedkey.models.checkpoint_file import CheckpointFile
 from fedkey.plots import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,15 @@ def run_all(jobs: dict[str, list[str]], out: Path, data: Path, parallel: int, re
             if code != 0:
                 for other in running.values():
                     other.terminate()
-                sys.exit(f"the {name} run failed: see {out / name / 'simulate.log'}")
+                sys.exit(ended_early(name, out / name, code))
+
+
+def ended_early(name: str, run: Path, code: int) -> str:
+    """Why a run ended without finishing: stopped by a signal (resumable), or failed."""
+    if code in (130, 143) and (run / "checkpoint.pt").is_file():  # `fedkey simulate` after Ctrl-C / SIGTERM
+        done = CheckpointFile.load(run / "checkpoint.pt").meta["round"]
+        return f"the {name} run was stopped after round {done}: rerun this command with --resume to continue it"
+    return f"the {name} run failed: see {run / 'simulate.log'}"
 
 
 def central_recall(run: Path, data: Path, max_positions: int) -> dict:
