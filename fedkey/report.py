@@ -89,10 +89,7 @@ def render(run: RunFolder) -> str:
             "Held-out recall vs simulated time",
             _recall_png(run, [r["sim_time_s"] / 3600 for r in rows], "simulated time (h)"),
         ),
-        _figure(
-            "Held-out recall vs bytes uploaded",
-            _recall_png(run, [b / 1e6 for b in accumulate(r["bytes_up"] for r in rows)], "uploaded, cumulative (MB)"),
-        ),
+        _figure("Held-out recall vs bytes uploaded", _uploaded_png(run)),
         _figure("Local training loss", _line_png(rounds, [r["loss"] for r in rows], "loss (nats per piece)")),
         _privacy_section(run, rounds),
         _participation_section(run),
@@ -141,6 +138,25 @@ def _recall_png(run: RunFolder, xs: list[float], xlabel: str, integer_x: bool = 
     if ax.get_legend_handles_labels()[0]:  # a run stopped before its first evaluation has no lines
         ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: lines stay visible
     return figure_png(fig)
+
+
+def _byte_unit(largest: float) -> tuple[float, str]:
+    """The unit (divisor, name) in which up to ``largest`` bytes read as numbers below 10,000."""
+    for scale, name in ((1e12, "TB"), (1e9, "GB")):
+        if largest >= 10 * scale:
+            return scale, name
+    return 1e6, "MB"
+
+
+def _bytes_text(count: float) -> str:
+    scale, unit = _byte_unit(count)
+    return f"{count / scale:.1f} {unit}"
+
+
+def _uploaded_png(run: RunFolder) -> bytes:
+    uploaded = list(accumulate(r["bytes_up"] for r in run.metrics))
+    scale, unit = _byte_unit(uploaded[-1])
+    return _recall_png(run, [b / scale for b in uploaded], f"uploaded, cumulative ({unit})")
 
 
 def _line_png(xs: list[float], ys: list[float | None], ylabel: str) -> bytes:
@@ -212,8 +228,8 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
     rows_out += [
         ("simulated time", _span_text(sim_s)),
         ("wall time (rounds)", f"{rows[-1]['wall_time_s']:.0f} s"),
-        ("bytes uploaded", f"{sum(r['bytes_up'] for r in rows) / 1e6:.1f} MB"),
-        ("bytes downloaded", f"{sum(r['bytes_down'] for r in rows) / 1e6:.1f} MB"),
+        ("bytes uploaded", _bytes_text(sum(r["bytes_up"] for r in rows))),
+        ("bytes downloaded", _bytes_text(sum(r["bytes_down"] for r in rows))),
         ("accepted reports / selected phones", f"{accepted} / {selected}"),
         ("privacy (ε, δ)", "no DP" if epsilon is None else f"ε = {epsilon:.3g}, δ = {delta:g}"),
         ("model", _model_text(cfg, final)),

@@ -117,6 +117,18 @@ def test_report_of_a_run_paced_over_more_than_a_day_has_no_coverage_warning(prep
     assert f"{int(positions)} word positions: all of the held-out users" in page
 
 
+def test_byte_totals_read_in_a_unit_that_fits_them(dp_run: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(dp_run, run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row, up in zip(rows, (60e9, 50e9, 38.4e9), strict=True):  # a long run: 148.4 GB up
+        row["bytes_up"], row["bytes_down"] = up, 2_345_678
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    page = write_report(run).read_text()
+    assert "<td>148.4 GB</td>" in page
+    assert "<td>7.0 MB</td>" in page  # 3 x 2.35 MB down
+
+
 def test_report_command_regenerates_and_refuses_a_non_run_folder(prepared, tmp_path: Path):
     out = simulate_in_process(prepared, tmp_path / "run", "simulate.rounds=1")
     result = CliRunner().invoke(app, ["report", str(out)])
