@@ -10,6 +10,7 @@ import typer
 
 from fedkey.cli_common import SetOption, console, effective_config, user_errors
 from fedkey.cli_simulate import simulate_command
+from fedkey.run_lock import run_folder_lock
 
 #: The demo preset on top of the embedded defaults (chitchat, compression on, local and central DP
 #: off): the small model; 200 reports a round (260 phones selected); each phone makes 2 passes over its
@@ -52,15 +53,15 @@ def demo_command(
     from fedkey.simulate import ensure_data
 
     settings = [*DEMO_SETTINGS, *(set_ or [])]
-    if reference:
-        cfg = effective_config(None, settings)
-        with user_errors():
+    with user_errors(), run_folder_lock(out):  # held through the run (simulate_command re-enters it)
+        if reference:
+            cfg = effective_config(None, settings)
             data_dir = ensure_data(data, cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / REFERENCE).write_text(json.dumps(trigram_reference(data_dir, cfg.eval.max_positions), indent=2))
-    else:
-        (out / REFERENCE).unlink(missing_ok=True)
-    simulate_command(out=out, data=data, config=None, set_=settings)
+            reference_json = json.dumps(trigram_reference(data_dir, cfg.eval.max_positions), indent=2)
+            (out / REFERENCE).write_text(reference_json)
+        else:
+            (out / REFERENCE).unlink(missing_ok=True)
+        simulate_command(out=out, data=data, config=None, set_=settings)
 
 
 def trigram_reference(data_dir: Path, max_positions: int) -> dict[str, float | str]:

@@ -67,6 +67,15 @@ def test_train_central_into_a_folder_in_use_is_refused(prepared, held_elsewhere)
     assert contents(out) == before
 
 
+def test_demo_into_a_folder_in_use_is_refused_before_it_writes_its_reference(prepared, held_elsewhere):
+    out, holder = held_elsewhere
+    before = contents(out)
+    result = CliRunner().invoke(app, ["demo", "--data", str(prepared.root), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"pid {holder.pid}" in result.output
+    assert contents(out) == before  # no reference.json
+
+
 def test_the_lock_dies_with_its_process(held_elsewhere):
     out, holder = held_elsewhere
     with pytest.raises(RunFolderBusyError), run_folder_lock(out):
