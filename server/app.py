@@ -50,7 +50,14 @@ import numpy as np
 from flwr.app import ConfigRecord, ConfigRecordValues, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from fedkey.config import to_toml
 from fedkey.models.checkpoint_file import CheckpointFile
@@ -327,6 +334,8 @@ def _progress(visible: bool) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         TextColumn("{task.description}"),
     )
     return Progress(*columns, console=Console(stderr=True), disable=not visible)
