@@ -41,6 +41,9 @@ app.command("simulate", epilog=SIMULATE_EPILOG)(simulate_command)
 from fedkey.cli_report import report_command  # noqa: E402
 
 app.command("report")(report_command)
+from fedkey.cli_compare import compare_command  # noqa: E402
+
+app.command("compare")(compare_command)
 from fedkey.cli_deploy import deploy_command  # noqa: E402
 
 app.command("deploy")(deploy_command)

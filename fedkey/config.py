@@ -376,9 +376,9 @@ def load_for_resume(path: Path, overrides: list[str] | None = None) -> FedkeyCon
     before the setting existed: resuming would give it today's default silently and change the run's
     course midway, so that is refused unless the overrides set it."""
     config = load_config(path, overrides)
-    written = _dotted_keys(tomllib.loads(path.read_text(encoding="utf-8")))
-    given = set().union(*(_dotted_keys(parse_override(item)) for item in overrides or []))
-    missing = sorted(_dotted_keys(config.model_dump(mode="json", exclude_none=True)) - written - given)
+    written = set(dotted_items(tomllib.loads(path.read_text(encoding="utf-8"))))
+    given = set().union(*(dotted_items(parse_override(item)) for item in overrides or []))
+    missing = sorted(set(dotted_items(config.model_dump(mode="json", exclude_none=True))) - written - given)
     if missing:
         raise ConfigError(
             f"cannot resume from {path}: it was written before these settings existed, and today's defaults "
@@ -396,12 +396,13 @@ def load_run_config(out: Path, config_file: str | Path | None, resume: bool, ove
     return load_config(config_file, overrides)
 
 
-def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
-    keys: set[str] = set()
+def dotted_items(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested settings tree as ``{"section.key": value}`` (lists, such as the pipeline, stay values)."""
+    flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        keys |= _dotted_keys(value, f"{name}.") if isinstance(value, dict) else {name}
-    return keys
+        flat |= dotted_items(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return flat
 
 
 def to_toml(config: BaseModel) -> str:

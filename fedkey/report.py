@@ -84,25 +84,32 @@ def render(run: RunFolder) -> str:
     rows = run.metrics
     rounds = [r["round"] for r in rows]
     sections = [
-        _figure("Held-out recall vs round", _recall_png(run, rounds, "round", integer_x=True)),
-        _figure(
+        figure_html("Held-out recall vs round", _recall_png(run, rounds, "round", integer_x=True)),
+        figure_html(
             "Held-out recall vs simulated time",
             _recall_png(run, [r["sim_time_s"] / 3600 for r in rows], "simulated time (h)"),
         ),
-        _figure("Held-out recall vs bytes uploaded", _uploaded_png(run)),
-        _figure("Local training loss", _line_png(rounds, [r["loss"] for r in rows], "loss (nats per piece)")),
+        figure_html("Held-out recall vs bytes uploaded", _uploaded_png(run)),
+        figure_html("Local training loss", _line_png(rounds, [r["loss"] for r in rows], "loss (nats per piece)")),
         _privacy_section(run, rounds),
         _participation_section(run),
     ]
-    title = f"fedkey simulate: {run.path.resolve().name}"
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     status = "" if run.final else "<p class=note>Unfinished run: no final.json yet; figures show the rounds so far.</p>"
+    return html_page(
+        f"fedkey simulate: {run.path.resolve().name}",
+        str(run.path.resolve()),
+        f"{status}\n<h2>Summary</h2>\n{_table(_summary_rows(run))}\n<div class=grid>\n{''.join(sections)}</div>",
+    )
+
+
+def html_page(title: str, about: str, body: str) -> str:
+    """A whole self-contained page: the title, a grey line (``about``, then when it was generated), ``body``."""
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n"
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n<p class=note>{html.escape(str(run.path.resolve()))}, "
-        f"report generated {generated}</p>\n{status}\n<h2>Summary</h2>\n{_table(_summary_rows(run))}\n"
-        f"<div class=grid>\n{''.join(sections)}</div>\n</body>\n</html>\n"
+        f"<h1>{html.escape(title)}</h1>\n<p class=note>{html.escape(about)}, report generated {generated}</p>\n"
+        f"{body}\n</body>\n</html>\n"
     )
 
 
@@ -110,13 +117,14 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
 table.summary { border-collapse: collapse; margin-bottom: 1.5em; }
 table.summary th, table.summary td { border-bottom: 1px solid #ddd; padding: 0.25em 1em 0.25em 0; text-align: left; }
-table.summary th { font-weight: 600; white-space: nowrap; }
+table.summary th { font-weight: 600; white-space: nowrap; vertical-align: top; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(32em, 1fr)); gap: 1em; }
-figure { margin: 0; } figure img { max-width: 100%; } .note { color: #666; }
+figure { margin: 0; } figure img { max-width: 100%; } .note { color: #666; } .wide { overflow-x: auto; }
 """
 
 
-def _figure(caption: str, png: bytes) -> str:
+def figure_html(caption: str, png: bytes) -> str:
+    """A figure: the PNG embedded as a data URI, and its caption."""
     data = base64.b64encode(png).decode("ascii")
     return (
         f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
@@ -140,7 +148,7 @@ def _recall_png(run: RunFolder, xs: list[float], xlabel: str, integer_x: bool = 
     return figure_png(fig)
 
 
-def _byte_unit(largest: float) -> tuple[float, str]:
+def byte_unit(largest: float) -> tuple[float, str]:
     """The unit (divisor, name) in which up to ``largest`` bytes read as numbers below 10,000."""
     for scale, name in ((1e12, "TB"), (1e9, "GB")):
         if largest >= 10 * scale:
@@ -148,14 +156,14 @@ def _byte_unit(largest: float) -> tuple[float, str]:
     return 1e6, "MB"
 
 
-def _bytes_text(count: float) -> str:
-    scale, unit = _byte_unit(count)
+def bytes_text(count: float) -> str:
+    scale, unit = byte_unit(count)
     return f"{count / scale:.1f} {unit}"
 
 
 def _uploaded_png(run: RunFolder) -> bytes:
     uploaded = list(accumulate(r["bytes_up"] for r in run.metrics))
-    scale, unit = _byte_unit(uploaded[-1])
+    scale, unit = byte_unit(uploaded[-1])
     return _recall_png(run, [b / scale for b in uploaded], f"uploaded, cumulative ({unit})")
 
 
@@ -177,7 +185,7 @@ def _privacy_section(run: RunFolder, rounds: list[int]) -> str:
         )
     delta = next(r["delta"] for r in run.metrics if r["delta"] is not None)
     kind = "central DP-FedAvg ε" if run.config.central_dp is not None else "local DP: largest per-phone ε"
-    return _figure(f"Privacy spent: {kind} at δ = {delta:g}", _line_png(rounds, epsilons, "ε"))
+    return figure_html(f"Privacy spent: {kind} at δ = {delta:g}", _line_png(rounds, epsilons, "ε"))
 
 
 def _participation_section(run: RunFolder) -> str:
@@ -194,7 +202,7 @@ def _participation_section(run: RunFolder) -> str:
     ax.set_ylabel("phones")
     ax.grid(alpha=0.3, axis="y")
     caption = f"Participation: {len(counts)} of {phones} phones reported at least once"
-    return _figure(caption, figure_png(fig))
+    return figure_html(caption, figure_png(fig))
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -228,8 +236,8 @@ def _summary_rows(run: RunFolder) -> list[tuple[str, str]]:
     rows_out += [
         ("simulated time", _span_text(sim_s)),
         ("wall time (rounds)", f"{rows[-1]['wall_time_s']:.0f} s"),
-        ("bytes uploaded", _bytes_text(sum(r["bytes_up"] for r in rows))),
-        ("bytes downloaded", _bytes_text(sum(r["bytes_down"] for r in rows))),
+        ("bytes uploaded", bytes_text(sum(r["bytes_up"] for r in rows))),
+        ("bytes downloaded", bytes_text(sum(r["bytes_down"] for r in rows))),
         ("accepted reports / selected phones", f"{accepted} / {selected}"),
         ("privacy (ε, δ)", "no DP" if epsilon is None else f"ε = {epsilon:.3g}, δ = {delta:g}"),
         ("model", _model_text(cfg, final)),
