@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fedkey.cli_common import ConfigOption, SetOption, console, effective_config, user_errors
+from fedkey.run_lock import refuse_if_in_use
 
 
 def deploy_command(
@@ -35,6 +36,7 @@ def deploy_command(
     with user_errors():
         data_dir = ensure_data(data, cfg)
         build_setup(cfg, data_dir)  # refuse a configuration that cannot work before Flower starts
+        refuse_if_in_use(out)  # the ServerApp takes the lock; it runs in a process of its own
     started = time.time()
     try:
         with LocalDeployment(out / "deploy", cfg, data_dir, simulation=simulation) as deployment:

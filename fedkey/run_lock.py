@@ -6,7 +6,8 @@ running one's metrics. The lock is ``flock`` on ``RUN/.lock``, which holds the o
 drops it when the owning process ends, however it ends, so a crashed run never leaves a folder locked.
 It is re-entrant within a process, because `fedkey simulate` takes it before writing config.toml and
 its in-process ServerApp (another thread) takes it again, as a ServerApp under `flwr run` or in
-deployment mode must.
+deployment mode must. `fedkey deploy`, whose ServerApp runs in a process of its own, only checks that
+the folder is free before it starts any Flower process.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def run_folder_lock(out: Path) -> Iterator[None]:
             _held[key][1] -= 1
             if _held[key][1] == 0:
                 os.close(_held.pop(key)[0])  # closing the descriptor releases the flock
+
+
+def refuse_if_in_use(out: Path) -> None:
+    """Raise :class:`RunFolderBusyError` if another process holds ``out``'s lock: the check of a command
+    whose run takes the lock in another process (`fedkey deploy`: the ServerApp runs under the SuperLink)."""
+    if (Path(out) / LOCK_FILE).is_file():
+        with run_folder_lock(out):
+            pass
 
 
 def _acquire(folder: Path) -> int:

@@ -76,6 +76,16 @@ def test_demo_into_a_folder_in_use_is_refused_before_it_writes_its_reference(pre
     assert contents(out) == before  # no reference.json
 
 
+def test_deploy_into_a_folder_in_use_is_refused_before_any_flower_process_starts(prepared, held_elsewhere):
+    out, holder = held_elsewhere
+    before = contents(out)
+    args = ["deploy", "--data", str(prepared.root), "--out", str(out), *(a for item in TINY for a in ("--set", item))]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"pid {holder.pid}" in result.output
+    assert contents(out) == before  # no deploy/ folder: nothing started
+
+
 def test_the_lock_dies_with_its_process(held_elsewhere):
     out, holder = held_elsewhere
     with pytest.raises(RunFolderBusyError), run_folder_lock(out):
