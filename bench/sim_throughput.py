@@ -45,7 +45,8 @@ every engine may use: phone hosts (fedkey), Ray CPUs (Flower, one per ClientApp)
     .venv/bin/python bench/sim_throughput.py [--quick] [--cohort N] [--cpus C] [--repeats R]
 
 Last line (per CPU-second): ``RESULT speedup_vs_flower=… speedup_vs_floor=… phones_per_s=… mem_vs_floor=…
-peak_frac=…``.
+peak_frac=… peak_frac_nominal=…``: ``peak_frac`` counts the positions trained, ``peak_frac_nominal``
+every position of every batch, padding included, as the issue's calibration figure for the floor does.
 """
 
 from __future__ import annotations
@@ -313,7 +314,8 @@ def main() -> None:
     print(
         f"RESULT speedup_vs_flower={rate['fedkey'] / rate['flower']:.2f} "
         f"speedup_vs_floor={rate['fedkey'] / rate['floor']:.2f} phones_per_s={rate['fedkey']:.2f} "
-        f"mem_vs_floor={mem['fedkey'].footprint / mem['floor'].footprint:.2f} peak_frac={frac['fedkey']:.2f}"
+        f"mem_vs_floor={mem['fedkey'].footprint / mem['floor'].footprint:.2f} peak_frac={frac['fedkey']:.2f} "
+        f"peak_frac_nominal={frac['fedkey'] * nominal / useful:.2f}"
     )
 
 
