@@ -206,11 +206,15 @@ def run_engine(engine: str, config: Mapping[str, Any], cpus: int, log: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="cohort 24 instead of 200 (the same measurement)")
+    parser.add_argument(
+        "--quick", action="store_true", help="cohort 24 instead of 200, one run per engine (the same measurement)"
+    )
     parser.add_argument("--cohort", type=int, default=None, help="phones per round (default 200, 24 with --quick)")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs each engine may use (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="which phones")
-    parser.add_argument("--repeats", type=int, default=2, help="alternated runs of floor and fedkey (best counts)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="alternated floor and fedkey runs, best counts (2; 1 with --quick)"
+    )
     parser.add_argument("--engine", choices=[*ENGINES, "agreement"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -250,7 +254,8 @@ def main() -> None:
         # floor and fedkey alternate --repeats times and each keeps its fastest run (and its highest
         # peak memory): this machine's speed drifts by 10-15% over minutes (the matmul peak too), and
         # alternating exposes both engines to the drift alike
-        order = [e for _ in range(args.repeats) for e in ENGINES if e != "flower"] + ["flower"]
+        repeats = args.repeats or (1 if args.quick else 2)
+        order = [e for _ in range(repeats) for e in ENGINES if e != "flower"] + ["flower"]
         best: dict[str, dict[str, Any]] = {}
         peaks: dict[str, TreeMemory] = {}
         for i, engine in enumerate(order):
