@@ -89,11 +89,12 @@ def render(runs: Sequence[RunFolder], labels: Sequence[str]) -> str:
 
 
 def differing_settings(runs: Sequence[RunFolder]) -> dict[str, list[str]]:
-    """Dotted setting -> its value in each run, for the settings whose values are not all equal."""
+    """Dotted setting -> its value in each run ("-": unset), for the settings whose values are not all equal."""
     flat = [dotted_items(run.config.model_dump(mode="json", exclude={"pipeline"})) for run in runs]
     flat = [f | {"pipeline": run.config.pipeline.describe()} for f, run in zip(flat, runs, strict=True)]
     keys = sorted(set().union(*flat))
-    return {key: [str(f.get(key, "-")) for f in flat] for key in keys if len({repr(f.get(key)) for f in flat}) > 1}
+    differ = [key for key in keys if len({repr(f.get(key)) for f in flat}) > 1]
+    return {key: ["-" if f.get(key) is None else str(f[key]) for f in flat] for key in differ}
 
 
 def figures_rows(runs: Sequence[RunFolder]) -> list[list[str]]:
