@@ -9,11 +9,14 @@ bytes are summed from metrics.jsonl.
 A run folder that already holds a finished run of exactly the same settings is read, not rerun; with
 ``--resume`` an unfinished one continues from its checkpoint.
 
-    .venv/bin/python bench/fed_quality.py --central-run runs/central-default [--rounds R] [--cohort C]
-        [--positions N] [--set KEY=VALUE ...] [--out runs/fed-quality] [--resume] [--quick] [--write [--title T]]
+    .venv/bin/python bench/fed_quality.py --central-run runs/central-default [--config RECIPE.toml]
+        [--rounds R] [--cohort C] [--positions N] [--set KEY=VALUE ...] [--out runs/fed-quality]
+        [--resume] [--quick] [--write [--title T]]
 
-`--quick` runs 2 rounds of 5 phones (a smoke check of the measurement, not the figure). `--title` writes
-a section of its own, for a setting compared against the main one.
+`--config` names the recipe (a fedkey TOML, e.g. ``configs/chitchat-quality.toml``: the one issue 5's
+figure is measured with); the flags and ``--set`` apply on top of it. `--quick` runs 2 rounds of 5
+phones (a smoke check of the measurement, not the figure). `--title` writes a section of its own, for
+a setting compared against the main one.
 Last line: ``RESULT rounds=… compressed_over_central=… uncompressed_over_central=… compressed_mb_up=…
 uncompressed_mb_up=…``.
 """
@@ -45,10 +48,15 @@ def shown(path: Path) -> str:
     return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
 
-def start_simulation(out: Path, data: Path, overrides: list[str], resume: bool) -> subprocess.Popen:
-    """Starts one `fedkey simulate` run in a child process (its output goes to OUT/simulate.log); with
-    `resume`, a run folder holding a checkpoint continues from it (same result as an uninterrupted run)."""
+def start_simulation(
+    out: Path, data: Path, overrides: list[str], resume: bool, config: Path | None = None
+) -> subprocess.Popen:
+    """Starts one `fedkey simulate` run (of `config`, if given, with the overrides on top) in a child
+    process (its output goes to OUT/simulate.log); with `resume`, a run folder holding a checkpoint
+    continues from it (same result as an uninterrupted run)."""
     command = [str(Path(sys.executable).with_name("fedkey")), "simulate", "--out", str(out), "--data", str(data)]
+    if config is not None:
+        command += ["--config", str(config)]
     if resume and (out / "checkpoint.pt").is_file():
         command.append("--resume")
     for item in overrides:
@@ -72,22 +80,25 @@ def finished_run(out: Path) -> dict:
     return final
 
 
-def already_done(out: Path, overrides: list[str]) -> bool:
-    """Whether OUT holds a finished run whose effective settings are exactly these overrides'."""
+def already_done(out: Path, overrides: list[str], config: Path | None = None) -> bool:
+    """Whether OUT holds a finished run whose effective settings are exactly those of `config` (or the
+    defaults) with these overrides."""
     if not (out / "final.json").is_file() or not (out / "config.toml").is_file():
         return False
-    return load_config(out / "config.toml").model_dump() == load_config(None, overrides).model_dump()
+    return load_config(out / "config.toml").model_dump() == load_config(config, overrides).model_dump()
 
 
-def run_all(jobs: dict[str, list[str]], out: Path, data: Path, parallel: int, resume: bool) -> None:
-    """Runs every job (name -> overrides) not already done in OUT/name, at most ``parallel`` at a time;
-    exits if one fails."""
-    waiting = [name for name, overrides in jobs.items() if not already_done(out / name, overrides)]
+def run_all(
+    jobs: dict[str, list[str]], out: Path, data: Path, parallel: int, resume: bool, config: Path | None = None
+) -> None:
+    """Runs every job (name -> overrides on top of `config`, or of the defaults) not already done in
+    OUT/name, at most ``parallel`` at a time; exits if one fails."""
+    waiting = [name for name, overrides in jobs.items() if not already_done(out / name, overrides, config)]
     running: dict[str, subprocess.Popen] = {}
     while waiting or running:
         while waiting and len(running) < parallel:
             name = waiting.pop(0)
-            running[name] = start_simulation(out / name, data, jobs[name], resume)
+            running[name] = start_simulation(out / name, data, jobs[name], resume, config)
         time.sleep(2)
         for name, child in list(running.items()):
             code = child.poll()
@@ -189,8 +200,11 @@ def main() -> None:
     parser.add_argument("--central-run", type=Path, default=ROOT / "runs" / "central-default")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "chitchat")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fed-quality")
-    parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument("--cohort", type=int, default=100)
+    parser.add_argument(
+        "--config", type=Path, default=None, help="the recipe: a fedkey TOML (e.g. configs/chitchat-quality.toml)"
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="default: the config's, else 300")
+    parser.add_argument("--cohort", type=int, default=None, help="default: the config's, else 100")
     parser.add_argument(
         "--positions", type=int, default=20000, help="held-out word positions of every final evaluation (0 = all)"
     )
@@ -204,7 +218,10 @@ def main() -> None:
     args = parser.parse_args()
 
     preset = load_config(args.central_run / "config.toml").model.preset
-    rounds, cohort, positions = (2, 5, 1000) if args.quick else (args.rounds, args.cohort, args.positions)
+    recipe = load_config(args.config).simulate if args.config else None
+    rounds = args.rounds or (recipe.rounds if recipe else 300)
+    cohort = args.cohort or (recipe.cohort_size if recipe else 100)
+    rounds, cohort, positions = (2, 5, 1000) if args.quick else (rounds, cohort, args.positions)
     common = [
         f'model.preset="{preset}"',
         f"simulate.rounds={rounds}",
@@ -213,17 +230,19 @@ def main() -> None:
         f"eval.max_positions={positions}",
         *args.overrides,
     ]
-    run_all({name: [*common, *extra] for name, extra in VARIANTS.items()}, args.out, args.data, 2, args.resume)
+    jobs = {name: [*common, *extra] for name, extra in VARIANTS.items()}
+    run_all(jobs, args.out, args.data, 2, args.resume, args.config)
     torch.set_num_threads(1)
     central = central_recall(args.central_run, args.data, positions)
     runs = {name: finished_run(args.out / name) for name in VARIANTS}
+    recipe_flag = f"--config {shown(args.config)} " if args.config else ""
     commands = [
-        f"fedkey simulate --out {shown(args.out / name)} --data {shown(args.data)} "
-        + " ".join(f"--set '{o}'" for o in [*common, *extra])
-        for name, extra in VARIANTS.items()
+        f"fedkey simulate --out {shown(args.out / name)} --data {shown(args.data)} {recipe_flag}"
+        + " ".join(f"--set '{o}'" for o in job)
+        for name, job in jobs.items()
     ]
     commands.append(
-        f"python bench/fed_quality.py --central-run {shown(args.central_run)} --out {shown(args.out)} "
+        f"python bench/fed_quality.py --central-run {shown(args.central_run)} --out {shown(args.out)} {recipe_flag}"
         f"--rounds {rounds} --cohort {cohort} --positions {positions} "
         + "".join(f"--set '{o}' " for o in args.overrides)
         + (f"--title '{args.title}' " if args.title != TITLE else "")
