@@ -139,6 +139,24 @@ def central_recall(run: Path, data: Path, max_positions: int) -> dict:
     return {"held_out_users": held, "steps": json.loads((run / "final.json").read_text())["steps"]}
 
 
+#: Most rows a table of sampled recall by round gets: longer runs show the mean over blocks of evaluations.
+CURVE_ROWS = 40
+
+
+def curve_blocks(rounds: list[int], max_rows: int = CURVE_ROWS) -> list[tuple[str, list[int]]]:
+    """Sorted evaluation rounds cut into at most ``max_rows`` consecutive blocks of equal size (the last
+    may be shorter), each with its label: the round itself, or "first-last" for a block of several."""
+    size = -(-len(rounds) // max_rows) if rounds else 1
+    blocks = [rounds[i : i + size] for i in range(0, len(rounds), size)]
+    return [(str(b[0]) if len(b) == 1 else f"{b[0]}-{b[-1]}", b) for b in blocks]
+
+
+def curve_heading(blocks: list[tuple[str, list[int]]]) -> str:
+    """How the rows of a curve table read: one evaluation each, or the mean over each block of them."""
+    size = max(len(rounds) for _, rounds in blocks)
+    return "by round" if size == 1 else f"by round, each row the mean of {size} evaluations (each is noisy)"
+
+
 def table(title: str, central: dict, runs: dict[str, dict], preset: str, commands: list[str]) -> str:
     base = central["held_out_users"]["recall@1"]
     comp, dense = (runs[name]["held_out_users"]["recall@1"] / base for name in ("compressed", "uncompressed"))
@@ -169,18 +187,26 @@ def table(title: str, central: dict, runs: dict[str, dict], preset: str, command
             f"{held['recall@1'] / base:.3f} | {final['bytes_up'] / 1e6:.1f} MB | {final['wall_time_s'] / 60:.1f} min |"
         )
     sim = runs["compressed"]["simulate"]
+    evaluated = [[rnd for rnd, _, _ in run["curve"]] for run in runs.values()]
+    if any(rounds != evaluated[0] for rounds in evaluated):
+        raise SystemExit("the runs were evaluated at different rounds: their curves cannot share a table")
+    blocks = curve_blocks(evaluated[0])
     lines += [
         "",
         f"Each phone trains on at most {sim.max_messages_per_phone or 'all'} of its user's messages a round",
         f'(`simulate.message_selection = "{sim.message_selection}"`). The runs\' sampled held-out recall@1 and',
-        "the phones' mean local loss (nats per piece) by round, from `RUN/metrics.jsonl`:",
+        f"the phones' mean local loss (nats per piece) {curve_heading(blocks)}, from `RUN/metrics.jsonl`:",
         "",
         "| round | " + " | ".join(f"{name} recall@1 | {name} loss" for name in runs) + " |",
         "|---|" + "---|---|" * len(runs),
     ]
-    for points in zip(*(run["curve"] for run in runs.values()), strict=True):
-        cells = [f"{recall:.3f} | {loss:.2f}" for _, recall, loss in points]
-        lines.append(f"| {points[0][0]} | " + " | ".join(cells) + " |")
+    curves = [{rnd: (recall, loss) for rnd, recall, loss in run["curve"]} for run in runs.values()]
+    for label, block in blocks:
+        cells = []
+        for curve in curves:
+            recall, loss = (sum(curve[rnd][k] for rnd in block) / len(block) for k in (0, 1))
+            cells.append(f"{recall:.3f} | {loss:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
     return "\n".join(lines)
 

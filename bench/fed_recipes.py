@@ -25,7 +25,7 @@ import argparse
 import re
 from pathlib import Path
 
-from fed_quality import finished_run, run_all, shown, write_section
+from fed_quality import curve_blocks, curve_heading, finished_run, run_all, shown, write_section
 
 from fedkey.config import load_config
 
@@ -94,10 +94,12 @@ def table(
         )
     curves = [{r: recall for r, recall, _ in run["curve"]} for run in runs.values()]
     same_rounds = len({final["rounds"] for final in runs.values()}) == 1
+    blocks = curve_blocks(sorted(set().union(*curves)))
+    by_tenth = "by tenth of each run (its rounds differ: the evaluation at or before it)"
     lines += [
         "",
-        "Sampled held-out recall@1 by "
-        + ("round" if same_rounds else "tenth of each run (its rounds differ: the evaluation at or before it)")
+        "Sampled held-out recall@1 "
+        + (curve_heading(blocks) if same_rounds else by_tenth)
         + " (`simulate.eval_users` users, `simulate.eval_positions` positions;",
         "noisier than the final figures), from `RUN/metrics.jsonl`:",
         "",
@@ -105,8 +107,12 @@ def table(
         "|---|" + "---|" * len(runs),
     ]
     if same_rounds:
-        for rnd in sorted(set().union(*curves)):
-            lines.append(f"| {rnd} | " + " | ".join(f"{c[rnd]:.3f}" if rnd in c else "-" for c in curves) + " |")
+        for label, block in blocks:
+            cells = []
+            for curve in curves:
+                seen = [curve[rnd] for rnd in block if rnd in curve]
+                cells.append(f"{sum(seen) / len(seen):.3f}" if seen else "-")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     else:
         for tenth in range(1, 11):
             cells = []
