@@ -32,8 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from fedkey.config import default_pipeline, load_config
 from fedkey.models.checkpoint_file import CheckpointFile
 from fedkey.plots import read_jsonl
@@ -258,6 +256,10 @@ def main() -> None:
     ]
     jobs = {name: [*common, *extra] for name, extra in VARIANTS.items()}
     run_all(jobs, args.out, args.data, 2, args.resume, args.config)
+    # imported here, not at the top: fed_recipes and simulate_scale import this module to run `fedkey
+    # simulate` children, and torch (a CUDA build) would cost their long-lived parent process 650 MB
+    import torch
+
     torch.set_num_threads(1)
     central = central_recall(args.central_run, args.data, positions)
     runs = {name: finished_run(args.out / name) for name in VARIANTS}
