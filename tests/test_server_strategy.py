@@ -289,17 +289,17 @@ def test_a_parts_payloads_go_once_decoded_without_the_garbage_collector(prepared
     def references(part: list[bytes]) -> list[int]:
         return [sys.getrefcount(p) for p in part]
 
-    alone = [n - 1 for n in references(payloads[0])]  # all but the reply's own reference
+    alone = [[n - 1 for n in references(part)] for part in payloads]  # all but the reply's own reference
 
     def one_at_a_time():
         for i in range(len(replies)):
             reply, replies[i] = replies[i], None
             if i >= 1:  # the part before: all but the payload decoded last are gone
                 held = references(payloads[i - 1])
-                assert sum(h != a for h, a in zip(held, alone, strict=False)) <= 1, f"reply {i - 1}: {held}"
+                assert sum(h != a for h, a in zip(held, alone[i - 1], strict=True)) <= 1, f"reply {i - 1}: {held}"
             if i >= 2:
                 held = references(payloads[i - 2])
-                assert held == alone[: len(held)], f"reply {i - 2}'s payloads are still referenced: {held}"
+                assert held == alone[i - 2], f"reply {i - 2}'s payloads are still referenced: {held}"
             yield reply
             del reply
 
