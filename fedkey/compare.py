@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fedkey.config import dotted_items
-from fedkey.plots import figure_png
+from fedkey.plots import SMOOTHING_NOTE, figure_png, plot_series
 from fedkey.report import (
     RunFolder,
     byte_unit,
@@ -31,8 +31,6 @@ from fedkey.report import (
 
 #: evaluations averaged for the "last sampled recall@1" row: one sampled evaluation is noisy
 LAST_EVALUATIONS = 5
-#: curves with more points than this are drawn as moving means (over a fiftieth of their points)
-SMOOTH_ABOVE = 100
 
 
 class CompareError(ValueError):
@@ -80,9 +78,9 @@ def render(runs: Sequence[RunFolder], labels: Sequence[str]) -> str:
     body = (
         f"<h2>Settings that differ</h2>\n{settings}\n"
         f"<h2>Figures</h2>\n{_table(['', *labels], figures_rows(runs))}\n"
-        f"<p class=note>Curves with more than {SMOOTH_ABOVE} points are moving means over a fiftieth of "
-        "their points; the sampled recall is each run's periodic evaluation on a sample of the held-out "
-        "users (simulate.eval_users, simulate.eval_positions), the final figures its full evaluation.</p>\n"
+        f"<p class=note>{SMOOTHING_NOTE}; the sampled recall is each run's periodic evaluation on a sample "
+        "of the held-out users (simulate.eval_users, simulate.eval_positions), the final figures its full "
+        "evaluation.</p>\n"
         f"<div class=grid>\n{''.join(figures)}</div>"
     )
     return html_page(f"fedkey compare: {len(runs)} runs", ", ".join(str(r.path.resolve()) for r in runs), body)
@@ -156,15 +154,8 @@ def _curves(
 ) -> bytes:
     fig, ax = plt.subplots(figsize=(5.6, 3.5))
     for run, label in zip(runs, labels, strict=True):
-        points = [(x, r[key]) for x, r in zip(x_of(run.metrics), run.metrics, strict=True) if r[key] is not None]
-        if not points:
-            continue
-        xs, ys = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
-        if len(ys) > SMOOTH_ABOVE:
-            width = len(ys) // 50
-            ys = np.convolve(ys, np.ones(width) / width, mode="valid")
-            xs = xs[width - 1 :]
-        ax.plot(xs, ys, marker="o" if len(ys) <= 60 else None, markersize=3, linewidth=1.2, label=label)
+        # overlaid runs: their moving means only, the points of several runs would hide each other
+        plot_series(ax, x_of(run.metrics), [r[key] for r in run.metrics], label, noisy=True, faint_points=False)
     ax.set_xlabel(xlabel)
     ax.set_ylabel({"loss": "loss (nats per piece)"}.get(key, f"held-out {key} (sample)"))
     ax.grid(alpha=0.3)

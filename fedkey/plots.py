@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -19,11 +20,43 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_series(ax: Axes, xs: Sequence[float], ys: Sequence[float | None], label: str | None = None) -> None:
-    """One line with markers through the points whose y is not None (metrics logged only some steps)."""
+#: A noisy series (sampled recall, a round's mean loss) with more points than this is drawn as a moving
+#: mean over a fiftieth of its points; fewer than MARKERS_UP_TO points get a marker each.
+SMOOTH_ABOVE = 100
+MARKERS_UP_TO = 60
+SMOOTHING_NOTE = (
+    f"Noisy curves of more than {SMOOTH_ABOVE} points are drawn as moving means over a fiftieth of their points"
+)
+
+
+def moving_mean(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of each window of a fiftieth of the points, at the window's last x."""
+    width = max(1, len(ys) // 50)
+    return xs[width - 1 :], np.convolve(ys, np.ones(width) / width, mode="valid")
+
+
+def plot_series(
+    ax: Axes,
+    xs: Sequence[float],
+    ys: Sequence[float | None],
+    label: str | None = None,
+    *,
+    noisy: bool = False,
+    faint_points: bool = True,
+) -> None:
+    """One line through the points whose y is not None (metrics logged only some steps). A ``noisy``
+    series longer than :data:`SMOOTH_ABOVE` is drawn as its moving mean, with (``faint_points``) the
+    points themselves faint behind it in the same colour."""
     points = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
-    if points:
-        ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+    if not points:
+        return
+    x, y = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
+    if not noisy or len(y) <= SMOOTH_ABOVE:
+        ax.plot(x, y, marker="o" if len(y) <= MARKERS_UP_TO else None, markersize=3, linewidth=1.2, label=label)
+        return
+    (line,) = ax.plot(*moving_mean(x, y), linewidth=1.2, label=label)
+    if faint_points:
+        ax.plot(x, y, linewidth=0.5, alpha=0.25, color=line.get_color())
 
 
 def plot_metrics(

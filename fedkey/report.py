@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from fedkey.config import FedkeyConfig, load_config
-from fedkey.plots import figure_png, plot_series, read_jsonl
+from fedkey.plots import SMOOTH_ABOVE, SMOOTHING_NOTE, figure_png, plot_series, read_jsonl
 
 REPORT = "report.html"
 REFERENCE = "reference.json"
@@ -90,11 +90,15 @@ def render(run: RunFolder) -> str:
             _recall_png(run, [r["sim_time_s"] / 3600 for r in rows], "simulated time (h)"),
         ),
         figure_html("Held-out recall vs bytes uploaded", _uploaded_png(run)),
-        figure_html("Local training loss", _line_png(rounds, [r["loss"] for r in rows], "loss (nats per piece)")),
+        figure_html(
+            "Local training loss", _line_png(rounds, [r["loss"] for r in rows], "loss (nats per piece)", noisy=True)
+        ),
         _privacy_section(run, rounds),
         _participation_section(run),
     ]
     status = "" if run.final else "<p class=note>Unfinished run: no final.json yet; figures show the rounds so far.</p>"
+    if len(rows) > SMOOTH_ABOVE:
+        status += f"<p class=note>{SMOOTHING_NOTE}, the points themselves faint behind them.</p>"
     return html_page(
         f"fedkey simulate: {run.path.resolve().name}",
         str(run.path.resolve()),
@@ -137,7 +141,7 @@ def _recall_png(run: RunFolder, xs: list[float], xlabel: str, integer_x: bool = 
     if integer_x:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for i, key in enumerate(RECALLS):
-        plot_series(ax, xs, [r[key] for r in run.metrics], label=f"federated {key}")
+        plot_series(ax, xs, [r[key] for r in run.metrics], label=f"federated {key}", noisy=True)
         if run.reference is not None:
             ax.axhline(run.reference[key], linestyle="--", color=f"C{i}", label=f"{run.reference['name']} {key}")
     ax.set_xlabel(xlabel)
@@ -167,9 +171,9 @@ def _uploaded_png(run: RunFolder) -> bytes:
     return _recall_png(run, [b / scale for b in uploaded], f"uploaded, cumulative ({unit})")
 
 
-def _line_png(xs: list[float], ys: list[float | None], ylabel: str) -> bytes:
+def _line_png(xs: list[float], ys: list[float | None], ylabel: str, noisy: bool = False) -> bytes:
     fig, ax = plt.subplots(figsize=(5.6, 3.5))
-    plot_series(ax, xs, ys)
+    plot_series(ax, xs, ys, noisy=noisy)
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)

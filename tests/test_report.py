@@ -12,6 +12,7 @@ from simulate_helpers import TINY, run_fedkey
 from typer.testing import CliRunner
 
 from fedkey.cli import app
+from fedkey.plots import SMOOTH_ABOVE, SMOOTHING_NOTE
 from fedkey.report import REFERENCE, REPORT, write_report
 
 POISSON = ("simulate.sampling='poisson'", "simulate.poisson_rate=0.3")
@@ -70,6 +71,17 @@ def test_byte_totals_read_in_a_unit_that_fits_them(dp_run: Path, tmp_path: Path)
     page = write_report(run).read_text()
     assert "<td>148.4 GB</td>" in page
     assert "<td>7.0 MB</td>" in page  # 3 x 2.35 MB down
+
+
+def test_a_long_runs_noisy_curves_are_said_to_be_moving_means(dp_run: Path, tmp_path: Path):
+    assert SMOOTHING_NOTE not in write_report(dp_run).read_text()  # 3 rounds: every point drawn
+    run = tmp_path / "run"
+    shutil.copytree(dp_run, run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    long = [{**rows[i % len(rows)], "round": i + 1} for i in range(SMOOTH_ABOVE + 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in long))
+    page = write_report(run).read_text()
+    assert SMOOTHING_NOTE in page and page.count("<img") == 6
 
 
 def test_report_command_regenerates_and_refuses_a_non_run_folder(prepared, tmp_path: Path):
