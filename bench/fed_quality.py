@@ -244,7 +244,7 @@ def main() -> None:
     if not (args.central_run / "final.json").is_file():  # before hours of federated training, not after
         sys.exit(
             f"{args.central_run} holds no finished central run (no final.json): finish it first "
-            f"(fedkey train-central --out {args.central_run} --resume ...)"
+            f"(fedkey train-central --data {shown(args.data)} --out {shown(args.central_run)} --resume)"
         )
     preset = load_config(args.central_run / "config.toml").model.preset
     recipe = load_config(args.config).simulate if args.config else None

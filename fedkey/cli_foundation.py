@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from fedkey.cli_common import ConfigOption, SetOption, console, effective_config, user_errors
-from fedkey.config import to_toml
+from fedkey.config import load_run_config, to_toml
 from fedkey.run_lock import run_folder_lock
 
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
@@ -90,12 +90,19 @@ def train_central_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (metrics, checkpoints, plot).")],
     config: ConfigOption = None,
     set_: SetOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue from OUT/checkpoint.pt if present, with OUT/config.toml's settings unless --config is "
+            "given (--set still applies)."
+        ),
+    ] = False,
 ) -> None:
     """Train the centralised baseline on all training users' text pooled (Gboard's server-trained model)."""
     from fedkey.central import train_central
 
-    cfg = effective_config(config, set_)
+    with user_errors():
+        cfg = load_run_config(out, config, resume, set_ or [])
     fd = _load_data(data)
     with user_errors(), run_folder_lock(out):
         final = train_central(cfg, fd, out, resume=resume)

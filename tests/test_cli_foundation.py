@@ -91,11 +91,15 @@ def test_prepare_baseline_train_evaluate(tmp_path, corpus_file):
     assert final["held_out_users"]["recall@1"] > 0.2
     assert (run / "metrics.png").stat().st_size > 1000
 
-    # resume continues from the saved step instead of starting over
-    result = runner.invoke(app, [*args, "--set", "central.epochs=4", "--resume"])
+    # resume continues from the saved step instead of starting over, with the run's own settings
+    # (RUN/config.toml: the small model above, not the default one) and the --set on top
+    resume = ["train-central", "--data", str(data), "--out", str(run), "--set", "central.epochs=4", "--resume"]
+    result = runner.invoke(app, resume)
     assert result.exit_code == 0, result.output
     resumed = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert resumed[0] == lines[0] and resumed[-1]["step"] > lines[-1]["step"]
+    written = (run / "config.toml").read_text()
+    assert "hidden_dim = 32" in written and "epochs = 4.0" in written
 
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data)])
     assert result.exit_code == 0, result.output
