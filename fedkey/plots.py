@@ -21,7 +21,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 #: A noisy series (sampled recall, a round's mean loss) with more points than this is drawn as a moving
-#: mean over a fiftieth of its points; fewer than MARKERS_UP_TO points get a marker each.
+#: mean over a fiftieth of its points; a series of up to MARKERS_UP_TO points gets a marker on each.
 SMOOTH_ABOVE = 100
 MARKERS_UP_TO = 60
 SMOOTHING_NOTE = (
