@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Sequence
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fedkey.config import dotted_items
-from fedkey.plots import SMOOTHING_NOTE, figure_png, plot_series
+from fedkey.plots import SMOOTHING_NOTE, figure_png, legend_below, plot_series
 from fedkey.report import (
     RunFolder,
     byte_unit,
     bytes_text,
+    cumulative_uploaded,
     figure_html,
     html_page,
 )
@@ -139,7 +139,7 @@ def _uploaded_figure(runs: Sequence[RunFolder], labels: Sequence[str]) -> str:
     scale, unit = byte_unit(max(sum(r["bytes_up"] for r in run.metrics) for run in runs))
 
     def uploaded(rows: list[dict[str, Any]]) -> list[float]:
-        return [b / scale for b in accumulate(r["bytes_up"] for r in rows)]
+        return cumulative_uploaded(rows, scale)
 
     png = _curves(runs, labels, uploaded, "recall@1", f"uploaded, cumulative ({unit})")
     return figure_html("Sampled held-out recall@1 vs bytes uploaded", png)
@@ -159,8 +159,7 @@ def _curves(
     ax.set_xlabel(xlabel)
     ax.set_ylabel({"loss": "loss (nats per piece)"}.get(key, f"held-out {key} (sample)"))
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    legend_below(ax)
     return figure_png(fig)
 
 

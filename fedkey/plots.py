@@ -59,6 +59,13 @@ def plot_series(
         ax.plot(x, y, linewidth=0.5, alpha=0.25, color=line.get_color())
 
 
+def legend_below(ax: Axes) -> None:
+    """The axes' legend under the plot (so it hides no line), if anything is labelled (a run stopped
+    before its first evaluation has no lines)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+
+
 def plot_metrics(
     metrics_path: Path, out: Path, x: str = "step", series: tuple[str, ...] = ("recall@1", "recall@3", "perplexity")
 ) -> None:

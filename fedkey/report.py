@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from fedkey.config import FedkeyConfig, load_config
-from fedkey.plots import SMOOTH_ABOVE, SMOOTHING_NOTE, figure_png, plot_series, read_jsonl
+from fedkey.plots import SMOOTH_ABOVE, SMOOTHING_NOTE, figure_png, legend_below, plot_series, read_jsonl
 
 REPORT = "report.html"
 REFERENCE = "reference.json"
@@ -147,8 +147,7 @@ def _recall_png(run: RunFolder, xs: list[float], xlabel: str, integer_x: bool = 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("held-out recall (sample)")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # a run stopped before its first evaluation has no lines
-        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: lines stay visible
+    legend_below(ax)
     return figure_png(fig)
 
 
@@ -165,10 +164,14 @@ def bytes_text(count: float) -> str:
     return f"{count / scale:.1f} {unit}"
 
 
+def cumulative_uploaded(rows: list[dict[str, Any]], scale: float) -> list[float]:
+    """Bytes uploaded up to each round, in units of ``scale`` bytes."""
+    return [b / scale for b in accumulate(r["bytes_up"] for r in rows)]
+
+
 def _uploaded_png(run: RunFolder) -> bytes:
-    uploaded = list(accumulate(r["bytes_up"] for r in run.metrics))
-    scale, unit = byte_unit(uploaded[-1])
-    return _recall_png(run, [b / scale for b in uploaded], f"uploaded, cumulative ({unit})")
+    scale, unit = byte_unit(sum(r["bytes_up"] for r in run.metrics))
+    return _recall_png(run, cumulative_uploaded(run.metrics, scale), f"uploaded, cumulative ({unit})")
 
 
 def _line_png(xs: list[float], ys: list[float | None], ylabel: str, noisy: bool = False) -> bytes:
